@@ -1,0 +1,47 @@
+"""The ``anomalymatch`` command line. Each verb's work lives in its own module, imported lazily so
+that ``anomalymatch inspect`` never pays for torch or mlflow."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, function, one-line help). The module defines ``add_arguments(parser)`` too.
+VERBS: dict[str, tuple[str, str]] = {
+    "inspect": ("anomalymatch.inspect", "Count and check images in folders, zips, HDF5 files or FITS files"),
+    "train": ("training.cli_train", "Train a FixMatch campaign on labelled images plus an unlabelled pool"),
+    "benchmark": ("training.cli_benchmark", "Run the paper's active-learning benchmark protocol"),
+    "demo": ("training.demo", "The main job: a short campaign on the FIRST radio galaxy images"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomalymatch",
+        description="Find rare objects in image archives with semi-supervised active learning.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(p)
+        p.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

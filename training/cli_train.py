@@ -1,0 +1,101 @@
+"""``anomalymatch train``: a campaign on a user's images, labels CSV and unlabelled pool."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", action="append", required=True, help="source(s) holding the labelled images")
+    p.add_argument("--labels", type=Path, required=True, help="CSV with a filename column and a label column")
+    p.add_argument("--pool", action="append", help="unlabelled source(s) (default: unlabelled images of --images)")
+    p.add_argument("--config", type=Path, help="YAML config (sections preprocess, fixmatch, cycle, tracking)")
+    p.add_argument("--iterations", type=int, help="FixMatch iterations per cycle")
+    p.add_argument("--cycles", type=int, help="cycles to run")
+    p.add_argument("--size", type=int, help="image size")
+    p.add_argument("--crop", type=float, help="centre-crop fraction before resizing")
+    p.add_argument("--pool-sample", type=int, help="unlabelled images held in memory for training (0 = all)")
+    p.add_argument("--top", type=int, help="how many top candidates to write")
+    p.add_argument("--name", default="campaign", help="campaign name (its folder under the data folder)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted campaign of this name")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--data-dir", help="project data folder (default .anomalymatch or $ANOMALYMATCH_HOME)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--out", type=Path, help="candidates CSV (default: in the campaign folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from anomalymatch.config import load_config
+    from anomalymatch.labels import read_labels
+    from anomalymatch.sources import load_images, open_sources
+    from training.campaign import STATE_FILE, CHECKPOINT_FILE, candidates_csv, load_state, run_campaign
+    from training.cycle import CampaignState
+    from training.model import create_model
+    from training.trainer import FixMatchTrainer
+    from training.tracking import CampaignTracker
+
+    config = load_config(args.config, {
+        "data_dir": args.data_dir, "cycle.iterations": args.iterations, "cycle.cycles": args.cycles,
+        "preprocess.size": args.size, "preprocess.crop": args.crop, "cycle.pool_sample": args.pool_sample,
+        "cycle.top_candidates": args.top, "cycle.seed": args.seed,
+    })
+    progress = not args.quiet
+    source = open_sources(args.images)
+    labels = read_labels(args.labels, known_ids=source.ids)
+    labelled_ids = list(labels.ids)
+    pool_source = open_sources(args.pool) if args.pool else source
+    labelled_set = set(labelled_ids)
+    pool_ids = [i for i in pool_source.ids if i not in labelled_set]
+    rng = np.random.default_rng(config.cycle.seed)
+    sample = config.cycle.pool_sample
+    if sample and len(pool_ids) > sample:
+        print(f"pool: training and scoring on a seeded sample of {sample} of {len(pool_ids)} unlabelled images "
+              f"(raise --pool-sample to use more)", file=sys.stderr)
+        pool_ids = sorted(rng.choice(pool_ids, size=sample, replace=False).tolist())
+    if not pool_ids:
+        raise SystemExit("the pool is empty: give --pool or images that are not in the labels CSV")
+
+    spec = config.preprocess
+    lab = load_images(source, spec, ids=labelled_ids, workers=config.workers or None, progress=progress)
+    pool = load_images(pool_source, spec, ids=pool_ids, workers=config.workers or None, progress=progress)
+    for what, loaded in (("labelled", lab), ("pool", pool)):
+        if len(loaded.report):
+            print(f"{what}: {len(loaded.report)} image(s) skipped: {loaded.report.summary()}", file=sys.stderr)
+    label_of = labels.as_dict()
+    ids = np.asarray(list(lab.ids) + list(pool.ids), dtype=object)
+    images = np.concatenate([lab.images, pool.images])
+    y = [1 if label_of[i].value == "anomaly" else 0 for i in lab.ids]
+    state = CampaignState(np.arange(len(lab.ids)), y, np.arange(len(lab.ids), len(ids)))
+
+    workdir = config.data_path / "campaigns" / args.name
+    torch.manual_seed(config.cycle.seed)
+    trainer = FixMatchTrainer(create_model(spec, pretrained=True), config.fixmatch, seed=config.cycle.seed,
+                              device=args.device)
+    if args.resume:
+        if not (workdir / STATE_FILE).is_file():
+            raise SystemExit(f"nothing to resume: {workdir / STATE_FILE} does not exist")
+        state = load_state(workdir / STATE_FILE, ids)
+        if (workdir / CHECKPOINT_FILE).is_file():
+            trainer.load_checkpoint(workdir / CHECKPOINT_FILE)
+        print(f"resuming {args.name} after cycle {state.cycle} (iteration {trainer.iteration})", file=sys.stderr)
+    tracker = CampaignTracker(config.tracking, config.data_path)
+    outcome = run_campaign(trainer, images, ids, state, config, workdir, tracker=tracker, name=args.name,
+                           tags={"anomalymatch.labels_file": str(args.labels)}, progress=progress)
+    if not outcome.results:
+        print(f"campaign {args.name} had already completed {state.cycle} cycle(s)", file=sys.stderr)
+        return 0
+    last = outcome.results[-1]
+    out = args.out or workdir / "candidates.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(candidates_csv(last.candidates))
+    print(f"top {len(last.candidates)} candidates of {last.n_pool} pool images: {out}")
+    for image_id, score in last.candidates[:10]:
+        print(f"  {score:.4f}  {image_id}")
+    print(f"MLflow run {outcome.run_id} in {tracker.tracking_uri}")
+    print(f"open the UI with: mlflow ui --backend-store-uri {tracker.tracking_uri}")
+    return 0

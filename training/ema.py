@@ -1,0 +1,39 @@
+"""Exponential moving average of a model's weights, used for scoring (FixMatch's EMA model)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """``ema = decay * ema + (1 - decay) * weights`` after every optimiser step.
+
+    Floating-point parameters and buffers are averaged; integer buffers (BatchNorm's
+    ``num_batches_tracked``) are copied. The copy stays in eval mode and needs no gradients.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        model_state = model.state_dict()
+        for name, ema_value in self.module.state_dict().items():
+            value = model_state[name].detach()
+            if ema_value.dtype.is_floating_point:
+                ema_value.mul_(self.decay).add_(value, alpha=1.0 - self.decay)
+            else:
+                ema_value.copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)

@@ -1,0 +1,241 @@
+"""FixMatch training loop: one trainer object carries the model, its EMA, the optimiser and the
+random state across active-learning cycles, and checkpoints all of it to safetensors."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from anomalymatch.config import FixMatchConfig
+from training.augment import AugmentConfig, strong_augment, weak_augment
+from training.ema import ModelEMA
+from training.losses import fixmatch_loss
+from training.sampler import UnlabelledStream, labelled_batch
+
+
+@dataclass(frozen=True)
+class StepStats:
+    iteration: int
+    loss: float
+    supervised: float
+    unsupervised: float
+    mask_rate: float
+    pseudo_anomaly_rate: float
+    lr: float
+
+
+def augment_config(cfg: FixMatchConfig) -> AugmentConfig:
+    return AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, translate=cfg.translate, n_ops=cfg.n_ops, cutout=cfg.cutout)
+
+
+def to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC numpy -> uint8 NCHW tensor view (channels_last strides, no copy)."""
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def select_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class FixMatchTrainer:
+    """Trains ``model`` with FixMatch. ``seed`` fixes every random choice (batches and augmentations)."""
+
+    def __init__(self, model: nn.Module, cfg: FixMatchConfig, seed: int = 0, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.device = select_device(device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ema = ModelEMA(self.model, cfg.ema_decay)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.augment = augment_config(cfg)
+        self.iteration = 0
+        self.stream: UnlabelledStream | None = None
+
+    # -- training -------------------------------------------------------------------------------
+    def step(self, labelled: np.ndarray, y: np.ndarray, unlabelled: np.ndarray) -> StepStats:
+        """One FixMatch iteration. ``labelled``/``unlabelled`` are uint8 NHWC arrays (the whole sets;
+        batches are drawn here), ``y`` holds 1 for anomaly, 0 for nominal."""
+        cfg = self.cfg
+        if self.stream is None or self.stream.n != len(unlabelled):
+            self.stream = UnlabelledStream(len(unlabelled), self.generator)
+        lb_idx = labelled_batch(y, cfg.batch_size, self.generator, cfg.oversample)
+        x_lb = weak_augment(to_nchw(labelled[lb_idx]), self.generator, self.augment)
+        y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64, device=self.device)
+        n_u = cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0
+        u_idx = self.stream.next(n_u)
+        if len(u_idx):
+            x_u = to_nchw(unlabelled[u_idx])
+            x_uw = weak_augment(x_u, self.generator, self.augment)
+            x_us = strong_augment(x_u, self.generator, self.augment)
+            x = torch.cat([x_lb, x_uw, x_us])
+        else:
+            x = x_lb
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+        self.model.train()
+        logits = self.model(x)
+        n_lb = len(lb_idx)
+        logits_lb = logits[:n_lb]
+        logits_uw, logits_us = logits[n_lb:].chunk(2) if len(u_idx) else (logits[:0], logits[:0])
+        parts = fixmatch_loss(logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.iteration += 1
+        return StepStats(
+            iteration=self.iteration,
+            loss=float(parts.total.detach()),
+            supervised=float(parts.supervised),
+            unsupervised=float(parts.unsupervised),
+            mask_rate=float(parts.mask_rate),
+            pseudo_anomaly_rate=float(parts.pseudo_anomaly_rate),
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+
+    def train(
+        self,
+        labelled: np.ndarray,
+        y: np.ndarray,
+        unlabelled: np.ndarray,
+        iterations: int,
+        on_step: Callable[[StepStats], None] | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 0,
+        progress: bool = False,
+    ) -> list[StepStats]:
+        """Run ``iterations`` steps; checkpoint every ``checkpoint_every`` steps and at the end."""
+        y = np.asarray(y)
+        if len(np.unique(y)) < 2:
+            raise ValueError("FixMatch needs labelled examples of both classes (anomaly and nominal)")
+        history: list[StepStats] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=iterations, desc="train", unit="it", leave=False)
+        for i in range(iterations):
+            stats = self.step(labelled, y, unlabelled)
+            history.append(stats)
+            if on_step:
+                on_step(stats)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats.loss:.3f}", mask=f"{stats.mask_rate:.2f}")
+            if checkpoint_path and checkpoint_every and (i + 1) % checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_path)
+        if bar is not None:
+            bar.close()
+        self.stream = None  # the cycle is complete: the next one draws from its own (changed) pool
+        if checkpoint_path:
+            self.save_checkpoint(checkpoint_path)
+        return history
+
+    # -- scoring --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, images: np.ndarray, batch_size: int = 256, use_ema: bool = True, progress: bool = False) -> np.ndarray:
+        """Anomaly probability for each uint8 NHWC image, from the EMA model by default."""
+        model = self.ema.module if use_ema else self.model
+        return score_images(model, images, batch_size, self.device, self.memory_format, progress)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+        """Everything needed to continue exactly: weights, EMA, optimiser momentum, RNG, stream."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in self.model.state_dict().items():
+            tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+        for k, v in self.ema.state_dict().items():
+            tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
+        for i, p in enumerate(self._params()):
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"optim.{i}.momentum_buffer"] = buf.detach().cpu().contiguous()
+        tensors["rng.generator"] = self.generator.get_state()
+        if self.stream is not None:
+            for k, v in self.stream.state().items():
+                tensors[f"stream.{k}"] = v
+        meta = {"iteration": str(self.iteration), "format": "anomalymatch-checkpoint-1"}
+        spec = getattr(self.model, "spec", None)
+        if spec is not None:
+            meta["preprocess"] = spec.to_json()
+        meta.update(metadata or {})
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict[str, str]:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("format") != "anomalymatch-checkpoint-1":
+            raise ValueError(f"{path} is not an AnomalyMatch checkpoint (metadata format={meta.get('format')!r})")
+        tensors = load_file(str(path))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        for i, p in enumerate(self._params()):
+            key = f"optim.{i}.momentum_buffer"
+            if key in tensors:
+                self.optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
+        self.generator.set_state(tensors["rng.generator"])
+        if "stream.permutation" in tensors:
+            self.stream = UnlabelledStream(len(tensors["stream.permutation"]), self.generator)
+            self.stream.load_state({"permutation": tensors["stream.permutation"], "cursor": tensors["stream.cursor"]})
+        self.iteration = int(meta["iteration"])
+        return meta
+
+    def _params(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+@torch.inference_mode()
+def score_images(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.channels_last,
+    progress: bool = False,
+) -> np.ndarray:
+    """Softmax anomaly probability (class 1) for uint8 NHWC images, in batches, eval mode."""
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(images), dtype=np.float32)
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="score", unit="batch", leave=False)
+    for start in starts:
+        x = to_nchw(images[start : start + batch_size]).to(device).contiguous(memory_format=memory_format)
+        logits = model(x)
+        out[start : start + len(x)] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+    model.train(was_training)
+    return out
