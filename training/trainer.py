@@ -204,10 +204,11 @@ class FixMatchTrainer:
             key = f"optim.{i}.momentum_buffer"
             if key in tensors:
                 self.optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
-        self.generator.set_state(tensors["rng.generator"])
+        self.stream = None
         if "stream.permutation" in tensors:
             self.stream = UnlabelledStream(len(tensors["stream.permutation"]), self.generator)
             self.stream.load_state({"permutation": tensors["stream.permutation"], "cursor": tensors["stream.cursor"]})
+        self.generator.set_state(tensors["rng.generator"])  # last: building the stream above draws from it
         self.iteration = int(meta["iteration"])
         return meta
 
