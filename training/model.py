@@ -29,7 +29,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != self.mean.shape[1]):
             raise ValueError(
                 f"expected NCHW pixels with {self.mean.shape[1]} channels, got shape {tuple(x.shape)}; "
                 "convert NHWC arrays with x.permute(0, 3, 1, 2)"

@@ -84,10 +84,29 @@ def test_supervised_only_draws_no_unlabelled_images_and_scores_are_probabilities
     assert np.all((scores >= 0) & (scores <= 1))
 
 
-def test_steps_reduce_supervised_loss_on_a_learnable_task():
+def test_training_separates_a_learnable_anomaly():
+    labelled, y, pool = _data()
+    torch.manual_seed(0)
+    trainer = FixMatchTrainer(create_model(SPEC, pretrained=True), FixMatchConfig(batch_size=8, uratio=1),
+                              device="cpu")
+
+    def margin() -> float:
+        s = trainer.score(labelled, use_ema=False, backend="torch")
+        return float(s[y == 1].mean() - s[y == 0].mean())
+
+    before = margin()
+    trainer.train(labelled, y, pool, iterations=15)
+    assert margin() > before + 0.2
+
+
+def test_onnx_and_torch_scoring_agree():
     labelled, y, pool = _data()
     trainer = _trainer()
-    history = trainer.train(labelled, y, pool, iterations=12)
-    first = np.mean([s.supervised for s in history[:3]])
-    last = np.mean([s.supervised for s in history[-3:]])
-    assert last < first
+    trainer.train(labelled, y, pool, iterations=2)
+    onnx_scores = trainer.score(pool, batch_size=5, backend="onnx")
+    torch_scores = trainer.score(pool, batch_size=5, backend="torch")
+    assert np.abs(onnx_scores - torch_scores).max() <= 1e-4
+    with pytest.raises(ValueError, match="backend"):
+        trainer.score(pool, backend="tensorrt")
+    with pytest.raises(ValueError, match="uint8 images"):
+        trainer.score(pool[..., :2], backend="onnx")

@@ -1,0 +1,68 @@
+"""Scoring uint8 images with an exported ONNX model in ONNX Runtime: the one scorer used by
+training (pool scoring), the registry (parity checks) and serving. No torch here."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from anomalymatch.preprocessing import PreprocessSpec
+
+SPEC_KEY = "anomalymatch.preprocess_spec"
+VERSION_KEY = "anomalymatch.model_version"
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError("ONNX Runtime is needed for scoring: pip install onnxruntime "
+                          "(or onnxruntime-gpu for CUDA)") from exc
+    return onnxruntime
+
+
+class OnnxScorer:
+    """An ONNX Runtime session over an AnomalyMatch model: ``score(uint8 NHWC) -> probabilities``.
+
+    ``providers`` defaults to CUDA then CPU, whichever this onnxruntime build offers;
+    ``self.providers`` reports the ones actually in use (ONNX Runtime falls back silently)."""
+
+    def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
+                 threads: int = 0) -> None:
+        ort = _onnxruntime()
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        self.providers = self.session.get_providers()
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in meta:
+            raise ValueError(f"{path} has no {SPEC_KEY} metadata: export it with registry.export_onnx")
+        self.spec = PreprocessSpec.from_json(meta[SPEC_KEY])
+        self.model_version = meta.get(VERSION_KEY, "")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def score(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Anomaly probabilities for uint8 images of shape (N, size, size, 3)."""
+        size = self.spec.size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} "
+                             f"{images.shape}; decode with anomalymatch.sources at this model's spec")
+        out = np.empty(len(images), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start:start + batch_size])
+            out[start:start + len(batch)] = self.session.run(None, {self.input_name: batch})[0]
+        return out
+
+    def score_batches(self, batches: Iterable[np.ndarray], batch_size: int = 256) -> Iterable[np.ndarray]:
+        for batch in batches:
+            yield self.score(batch, batch_size)
