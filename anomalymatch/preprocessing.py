@@ -1,6 +1,6 @@
 """The one preprocessing contract shared by training, export, serving and labelling.
 
-Decoding produces uint8 HWC arrays at the model size (see ``anomalymatch.images``); everything
+Decoding produces uint8 HWC arrays at the model size (``anomalymatch.decode`` and ``.transform``); everything
 after that (scaling to [0, 1], mean/std normalisation) happens inside the model, so the spec
 below travels with every model version and nobody retypes mean/std.
 """
@@ -31,7 +31,8 @@ class PreprocessSpec:
     """How a raw image becomes the model's uint8 input, and how the model normalises it.
 
     size: output is ``size x size`` pixels, 3 channels (greyscale is repeated, alpha dropped).
-    crop: keep this centre fraction of the shorter side before resizing (1.0 = full frame).
+    crop: keep a centred square of side ``crop * min(H, W)`` before resizing (1.0 = the largest
+          centred square; square images are kept whole).
     mean/std: applied inside the model to pixels scaled to [0, 1].
     """
 

@@ -1,0 +1,256 @@
+"""Encoded image bytes (PNG, JPEG, TIFF, FITS, optionally gzipped) -> uint8 RGB arrays.
+
+The format comes from the file's first bytes, not its name, so a mislabelled file still decodes
+and a non-image with an image extension is refused with a reason. Pixel policies (dtype, channels,
+crop, resize) are those of ``anomalymatch.transform``. TIFF: the first page, read with tifffile so
+16-bit and planar files keep their precision (Pillow is the fallback for compressions tifffile
+cannot decode without imagecodecs). FITS: the first image HDU with data, stretched with
+``anomalymatch.fits``. Gzipped files (``.fits.gz``) are unpacked first.
+
+JPEG fast path: when the centre crop is at least ``2 * spec.size`` pixels wide, Pillow's
+``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale in the DCT domain, choosing the
+largest factor that keeps the crop at ``DRAFT_MIN_RATIO * spec.size`` pixels or more; the final
+resize then works from that. On the GZ1 galaxies (423 px -> 64 px) this doubles throughput with
+a mean absolute difference below 1 grey level against the full decode (see benchmarks/bench_decode.py).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+from anomalymatch.fits import bands_to_rgb, read_fits, stretch_to_uint8
+from anomalymatch.preprocessing import FitsStretch, PreprocessSpec
+from anomalymatch.transform import (
+    DecodeError,
+    channel_last,
+    crop_box,
+    resize_pil,
+    resize_rgb,
+    to_rgb,
+    to_uint8,
+)
+
+DRAFT_MIN_RATIO = 1.0
+T = TypeVar("T")
+
+
+class ImageFormat(str, Enum):
+    PNG = "png"
+    JPEG = "jpeg"
+    TIFF = "tiff"
+    FITS = "fits"
+
+
+IMAGE_EXTENSIONS: dict[str, ImageFormat] = {
+    ".png": ImageFormat.PNG,
+    ".jpg": ImageFormat.JPEG,
+    ".jpeg": ImageFormat.JPEG,
+    ".jpe": ImageFormat.JPEG,
+    ".jfif": ImageFormat.JPEG,
+    ".tif": ImageFormat.TIFF,
+    ".tiff": ImageFormat.TIFF,
+    ".fits": ImageFormat.FITS,
+    ".fit": ImageFormat.FITS,
+    ".fts": ImageFormat.FITS,
+}
+
+_MAGIC: tuple[tuple[bytes, ImageFormat], ...] = (
+    (b"\x89PNG\r\n\x1a\n", ImageFormat.PNG),
+    (b"\xff\xd8\xff", ImageFormat.JPEG),
+    (b"II*\x00", ImageFormat.TIFF),
+    (b"MM\x00*", ImageFormat.TIFF),
+    (b"II+\x00", ImageFormat.TIFF),
+    (b"MM\x00+", ImageFormat.TIFF),
+    (b"SIMPLE  =", ImageFormat.FITS),
+)
+
+# Pillow mode -> (channels, dtype name) as stored in the file, for probe_image.
+_MODE_INFO: dict[str, tuple[int, str]] = {
+    "1": (1, "bool"), "L": (1, "uint8"), "P": (1, "uint8"), "LA": (2, "uint8"), "PA": (2, "uint8"),
+    "RGB": (3, "uint8"), "RGBA": (4, "uint8"), "CMYK": (4, "uint8"), "YCbCr": (3, "uint8"),
+    "I;16": (1, "uint16"), "I;16B": (1, "uint16"), "I;16L": (1, "uint16"), "I": (1, "int32"),
+    "F": (1, "float32"),
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file holds before any conversion: its format, array shape and pixel dtype."""
+
+    format: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def image_format_for_name(name: str) -> ImageFormat | None:
+    """The format implied by a file name's extension (``.fits.gz`` counts as FITS), or None."""
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        lower = lower[:-3]
+    dot = lower.rfind(".")
+    return IMAGE_EXTENSIONS.get(lower[dot:]) if dot >= 0 else None
+
+
+def has_image_magic(head: bytes) -> bool:
+    """True when leading bytes look like PNG, JPEG, TIFF, FITS or gzip (for ``.fits.gz``)."""
+    return head[:2] == b"\x1f\x8b" or any(head.startswith(magic) for magic, _ in _MAGIC)
+
+
+def _gunzip(data: bytes) -> bytes:
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DecodeError(f"gzip data is corrupt or truncated: {exc}") from exc
+
+
+def sniff_format(data: bytes, name: str = "") -> ImageFormat:
+    """Identify PNG/JPEG/TIFF/FITS from the leading bytes; ``DecodeError`` for anything else.
+
+    ``name`` only sharpens the message when its extension promises an image the bytes are not.
+    """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    claimed = image_format_for_name(name)
+    hint = f"named like {claimed.value} but " if claimed else ""
+    raise DecodeError(
+        f"unknown image format: {hint}content is not PNG, JPEG, TIFF or FITS (starts with {bytes(data[:8])!r})"
+    )
+
+
+def _open_pil(data: bytes, fmt: ImageFormat) -> Image.Image:
+    return Image.open(io.BytesIO(data), formats=[fmt.value.upper()])
+
+
+def _pil_to_8bit(image: Image.Image, stretch: FitsStretch) -> Image.Image:
+    """A decoded Pillow image in mode L or RGB (grey kept single-channel until the end, alpha dropped)."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode in ("1", "LA", "La"):
+        return image.convert("L")
+    if mode.startswith("I") or mode == "F":
+        array = np.asarray(image)
+        if mode == "I" and image.format == "PNG":
+            array = np.clip(array, 0, 65535).astype(np.uint16)  # 16-bit PNG read as int32
+        return Image.fromarray(to_uint8(array, stretch))
+    return image.convert("RGB")
+
+
+def _read_tiff(data: bytes) -> np.ndarray:
+    """First page of a TIFF as (H, W) or (H, W, S) in its stored dtype (palette applied)."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        array = page.asarray()
+        if page.axes.startswith("S") and array.ndim == 3:
+            array = np.moveaxis(array, 0, 2)
+        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+            array = (page.colormap[:, array].transpose(1, 2, 0) >> 8).astype(np.uint8)
+    return array
+
+
+def _native_rgb(data: bytes, fmt: ImageFormat, stretch: FitsStretch) -> np.ndarray:
+    if fmt is ImageFormat.FITS:
+        array = read_fits(data)
+        return bands_to_rgb(stretch_to_uint8(array, stretch))
+    if fmt is ImageFormat.TIFF:
+        try:
+            array = _read_tiff(data)
+        except Exception as tiff_exc:  # codecs tifffile lacks (e.g. JPEG-in-TIFF): let Pillow try
+            try:
+                image = _open_pil(data, fmt)
+                image.load()
+            except Exception:
+                raise tiff_exc from None
+            return np.asarray(_pil_to_8bit(image, stretch).convert("RGB"))
+        return to_rgb(to_uint8(channel_last(array), stretch))
+    image = _open_pil(data, fmt)
+    return np.asarray(_pil_to_8bit(image, stretch).convert("RGB"))
+
+
+def _decode_jpeg_or_png(data: bytes, fmt: ImageFormat, spec: PreprocessSpec, draft: bool) -> np.ndarray:
+    image = _open_pil(data, fmt)
+    width, height = image.size
+    box: tuple[float, float, float, float] = crop_box(width, height, spec.crop)
+    if draft and fmt is ImageFormat.JPEG:
+        side = box[2] - box[0]
+        scale = next((s for s in (8, 4, 2) if side / s >= spec.size * DRAFT_MIN_RATIO), 1)
+        if scale > 1:
+            drafted = image.draft(image.mode, (width // scale, height // scale))
+            if drafted is not None:
+                factor = width / drafted[1][2]
+                box = tuple(v / factor for v in box)  # type: ignore[assignment]
+    image.load()
+    return resize_pil(_pil_to_8bit(image, spec.fits_stretch), spec, box)
+
+
+def _guarded(fmt: ImageFormat, work: Callable[[], T]) -> T:
+    """Run a decoder, turning any library failure into a ``DecodeError`` naming format and cause."""
+    try:
+        return work()
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:  # Pillow/tifffile/astropy raise many types for corrupt data
+        raise DecodeError(f"{fmt.value} decode failed: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_native(
+    data: bytes, name: str = "", fits_stretch: FitsStretch | str = FitsStretch.ASINH
+) -> np.ndarray:
+    """Decode to uint8 (H, W, 3) at the file's own resolution; ``DecodeError(reason)`` on failure."""
+    stretch = FitsStretch(fits_stretch)
+    data = _gunzip(bytes(data))
+    fmt = sniff_format(data, name)
+    return _guarded(fmt, lambda: _native_rgb(data, fmt, stretch))
+
+
+def decode_image(data: bytes, name: str, spec: PreprocessSpec, *, draft: bool = True) -> np.ndarray:
+    """Decode, centre-crop and resize to (spec.size, spec.size, 3) uint8; ``DecodeError`` on failure.
+
+    ``name`` (file name or id) only improves messages. ``draft=False`` disables the JPEG DCT-domain fast path.
+    """
+    data = _gunzip(bytes(data))
+    fmt = sniff_format(data, name)
+    if fmt in (ImageFormat.PNG, ImageFormat.JPEG):
+        return _guarded(fmt, lambda: _decode_jpeg_or_png(data, fmt, spec, draft))
+    return _guarded(fmt, lambda: resize_rgb(_native_rgb(data, fmt, spec.fits_stretch), spec))
+
+
+def _probe(data: bytes, fmt: ImageFormat) -> ImageInfo:
+    if fmt is ImageFormat.FITS:
+        array = read_fits(data)
+        return ImageInfo(fmt.value, tuple(array.shape), array.dtype.name)
+    if fmt is ImageFormat.TIFF:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            shape = page.shape
+            if page.axes.startswith("S") and len(shape) == 3:
+                shape = (shape[1], shape[2], shape[0])
+            return ImageInfo(fmt.value, tuple(shape), np.dtype(page.dtype).name)
+    image = _open_pil(data, fmt)
+    channels, dtype = _MODE_INFO.get(image.mode, (len(image.getbands()), "uint8"))
+    shape = (image.height, image.width) if channels == 1 else (image.height, image.width, channels)
+    return ImageInfo(fmt.value, shape, dtype)
+
+
+def probe_image(data: bytes, name: str = "") -> ImageInfo:
+    """Read format, native shape and dtype (headers only, except FITS); ``DecodeError`` on failure."""
+    data = _gunzip(bytes(data))
+    fmt = sniff_format(data, name)
+    return _guarded(fmt, lambda: _probe(data, fmt))
