@@ -150,7 +150,8 @@ class LoadedCase:
 
 def load_case(case: BenchmarkCase, size: int, data_root: Path, workers: int = 0, progress: bool = False) -> LoadedCase:
     """Decode every image of the case at ``size`` (the case's crop applied); skipped files are reported."""
-    from anomalymatch.sources import load_images, open_source
+    from anomalymatch.loader import load_images
+    from anomalymatch.sources import open_source
 
     filenames, classes = read_classes(data_root / case.labels, case.filename_column, case.class_column, case.where)
     spec = PreprocessSpec(size=size, crop=case.crop)

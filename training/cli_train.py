@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     from anomalymatch.config import load_config
     from anomalymatch.labels import read_labels
-    from anomalymatch.sources import load_images, open_sources
+    from anomalymatch.loader import load_images
+    from anomalymatch.sources import open_sources
     from training.campaign import STATE_FILE, CHECKPOINT_FILE, candidates_csv, load_state, run_campaign
     from training.cycle import CampaignState
     from training.model import create_model

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     from anomalymatch.config import load_config
     from anomalymatch.metrics import compute_metrics
-    from anomalymatch.sources import load_images, open_source
+    from anomalymatch.loader import load_images
+    from anomalymatch.sources import open_source
     from training.benchmark import read_classes, split_protocol
     from training.campaign import run_campaign
     from training.cycle import CampaignState
