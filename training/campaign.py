@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -69,13 +70,12 @@ def log_cycle(tracker, run_id: str, result: CycleResult, state: CampaignState, i
     """Everything a cycle used and produced, on its MLflow run."""
     from training.model import save_weights
     from training.plots import curve_figures
+    from training.tracking import sha256_bytes
 
     labels = state.label_table(ids)
     labels_bytes = labels.to_csv_bytes()
     pool_ids = [str(ids[i]) for i in result.pool_idx]
     pool_bytes = ("\n".join(pool_ids) + "\n").encode()
-    from training.tracking import sha256_bytes
-
     tracker.set_tags(run_id, {
         "labels_sha256": labels.sha256(),
         "n_labels": len(labels),
@@ -92,8 +92,6 @@ def log_cycle(tracker, run_id: str, result: CycleResult, state: CampaignState, i
     if truth is not None:
         for name, fig in curve_figures(truth[result.pool_idx], result.pool_scores, np.asarray(pool_ids)).items():
             tracker.log_figure(run_id, fig, f"plots/{name}.png")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.safetensors"
         save_weights(trainer.ema.module, weights)
