@@ -135,7 +135,8 @@ def cycle_record(cycle: int, n_labelled: int, n_pool: int, metrics: dict, train_
     record = {"cycle": cycle, "n_labelled": n_labelled, "n_pool": n_pool}
     record.update({k: float(metrics[k]) for k in METRIC_KEYS})
     record.update(train_seconds=train_seconds, seconds_per_iteration=train_seconds / iterations if iterations else 0.0,
-                  score_seconds=score_seconds, score_images_per_second=n_pool / max(score_seconds, 1e-9))
+                  score_seconds=score_seconds,
+                  score_images_per_second=n_pool / score_seconds if score_seconds > 0 else 0.0)  # 0: not rescored
     return record
 
 
