@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -62,7 +62,3 @@ class OnnxScorer:
             batch = np.ascontiguousarray(images[start:start + batch_size])
             out[start:start + len(batch)] = self.session.run(None, {self.input_name: batch})[0]
         return out
-
-    def score_batches(self, batches: Iterable[np.ndarray], batch_size: int = 256) -> Iterable[np.ndarray]:
-        for batch in batches:
-            yield self.score(batch, batch_size)

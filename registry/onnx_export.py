@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anomalymatch.scoring import SPEC_KEY, VERSION_KEY
+
 OPSET = 17
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probability"
-SPEC_KEY = "anomalymatch.preprocess_spec"
-VERSION_KEY = "anomalymatch.model_version"
 
 
 class _ProbabilityFromPixels(nn.Module):
