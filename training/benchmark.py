@@ -11,7 +11,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def run_method(method: str, data: LoadedCase, seed: int, config: AppConfig, devi
     from training.campaign import run_campaign
     from training.cycle import CampaignState, oracle_picks
     from training.model import create_model
-    from training.trainer import FixMatchTrainer, score_images, select_device
+    from training.trainer import FixMatchTrainer, map_batches, select_device
 
     case = data.case
     labelled, labelled_y, pool = split_protocol(data.is_anomaly, case.n_anomalies, case.n_nominal, case.pool_size,
@@ -207,9 +207,8 @@ def run_method(method: str, data: LoadedCase, seed: int, config: AppConfig, devi
 
         dev = select_device(device)
         model = model.to(dev, memory_format=torch.channels_last).eval()
-        embed = _embedder(model, dev)
         t0 = time.perf_counter()
-        features = embed(data.images[pool])
+        features = map_batches(model.embed, data.images[pool], device=dev)
         forest = IsolationForest(n_estimators=200, random_state=seed).fit(features)
         scores_all = -forest.score_samples(features)
         score_seconds = time.perf_counter() - t0
@@ -236,19 +235,3 @@ def run_method(method: str, data: LoadedCase, seed: int, config: AppConfig, devi
     else:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     return {"case": case.name, "method": method, "seed": seed, "cycles": cycles, "mlflow_run_id": run_id}
-
-
-def _embedder(model, device) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    from training.trainer import to_nchw
-
-    @torch.inference_mode()
-    def embed(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = to_nchw(images[start:start + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
-            out.append(model.embed(x).float().cpu().numpy())
-        return np.concatenate(out)
-
-    return embed

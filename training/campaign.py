@@ -121,7 +121,7 @@ def run_campaign(
     cfg = config.cycle
     results: list[CycleResult] = []
 
-    def cycles(run_id: str | None) -> None:
+    def cycles() -> None:
         while state.cycle < cfg.cycles:
             done_in_cycle = trainer.iteration - state.cycle * cfg.iterations
             remaining = cfg.iterations - max(done_in_cycle, 0)
@@ -142,10 +142,10 @@ def run_campaign(
     run_id = None
     if tracker is not None:
         with tracker.campaign(name, config.to_dict(), tags) as run_id:
-            cycles(run_id)
+            cycles()
             if results:
                 last = results[-1]
                 tracker.log_metrics(run_id, {k: v for k, v in last.summary().items() if k != "cycle"}, step=last.cycle)
     else:
-        cycles(None)
+        cycles()
     return CampaignOutcome(results, state, run_id, workdir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -49,12 +50,10 @@ def _cases(args: argparse.Namespace):
         raise SystemExit("name a --case or give --images/--labels/--anomaly-class")
     overrides = {k: getattr(args, k) for k in ("n_anomalies", "n_nominal", "pool_size", "anomaly_fraction", "crop")
                  if getattr(args, k) is not None}
-    return [c.__class__(**{**c.__dict__, **overrides}) for c in cases]
+    return [dataclasses.replace(c, **overrides) for c in cases]
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from anomalymatch.config import load_config
     from training.benchmark import default_data_root, environment, load_case, run_method, summarise
     from training.trainer import select_device

@@ -245,6 +245,27 @@ class FixMatchTrainer:
 
 
 @torch.inference_mode()
+def map_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.channels_last,
+    progress: bool = False,
+) -> np.ndarray:
+    """``fn`` applied to uint8 NHWC ``images`` in batches (as NCHW tensors on ``device``), concatenated."""
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="score", unit="batch", leave=False)
+    out = []
+    for start in starts:
+        x = to_nchw(images[start : start + batch_size]).to(device).contiguous(memory_format=memory_format)
+        out.append(fn(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+
 def score_images(
     model: nn.Module,
     images: np.ndarray,
@@ -256,15 +277,8 @@ def score_images(
     """Softmax anomaly probability (class 1) for uint8 NHWC images, in batches, eval mode."""
     was_training = model.training
     model.eval()
-    out = np.empty(len(images), dtype=np.float32)
-    starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="score", unit="batch", leave=False)
-    for start in starts:
-        x = to_nchw(images[start : start + batch_size]).to(device).contiguous(memory_format=memory_format)
-        logits = model(x)
-        out[start : start + len(x)] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
-    model.train(was_training)
-    return out
+    try:
+        return map_batches(lambda x: torch.softmax(model(x).float(), dim=1)[:, 1], images, batch_size, device,
+                           memory_format, progress)
+    finally:
+        model.train(was_training)
