@@ -75,6 +75,9 @@ class FixMatchTrainer:
         self._onnx_cache: tuple | None = None  # ((iteration, use_ema), OnnxScorer)
 
     # -- training -------------------------------------------------------------------------------
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
     def step(self, labelled: np.ndarray, y: np.ndarray, unlabelled: np.ndarray) -> StepStats:
         """One FixMatch iteration. ``labelled``/``unlabelled`` are uint8 NHWC arrays (the whole sets;
         batches are drawn here), ``y`` holds 1 for anomaly, 0 for nominal."""
@@ -86,20 +89,24 @@ class FixMatchTrainer:
         y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64, device=self.device)
         n_u = cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0
         u_idx = self.stream.next(n_u)
+        self.model.train()
+        logits_uw = None
         if len(u_idx):
             x_u = to_nchw(unlabelled[u_idx])
             x_uw = weak_augment(x_u, self.generator, self.augment)
             x_us = strong_augment(x_u, self.generator, self.augment)
-            x = torch.cat([x_lb, x_uw, x_us])
+            # The weak view only yields (detached) pseudo-labels, so it needs no backward pass: a
+            # separate no-grad forward (BatchNorm still in training mode) saves about a third of a step.
+            with torch.no_grad():
+                logits_uw = self.model(self._to_device(x_uw))
+            x = torch.cat([x_lb, x_us])
         else:
             x = x_lb
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-
-        self.model.train()
-        logits = self.model(x)
+        logits = self.model(self._to_device(x))
         n_lb = len(lb_idx)
-        logits_lb = logits[:n_lb]
-        logits_uw, logits_us = logits[n_lb:].chunk(2) if len(u_idx) else (logits[:0], logits[:0])
+        logits_lb, logits_us = logits[:n_lb], logits[n_lb:]
+        if logits_uw is None:
+            logits_uw = logits_us
         parts = fixmatch_loss(logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u)
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
