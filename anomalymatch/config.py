@@ -60,7 +60,7 @@ class CycleConfig:
     picks: int = 10
     top_candidates: int = 100
     pool_sample: int = 20_000  # unlabelled images held in memory for training; 0 = the whole pool
-    score_batch_size: int = 256
+    score_batch_size: int = 0  # 0 = auto: 64 in ONNX Runtime on a CPU, 256 on a GPU
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -69,6 +69,8 @@ class CycleConfig:
             raise ValueError("cycle.iterations must be >= 0 and cycle.cycles >= 1")
         if self.picks < 0 or self.top_candidates < 1:
             raise ValueError("cycle.picks must be >= 0 and cycle.top_candidates >= 1")
+        if self.score_batch_size < 0:
+            raise ValueError(f"cycle.score_batch_size must be >= 0 (0 = auto), got {self.score_batch_size}")
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,103 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """Model registry: every cycle registers a version; parity and the metric gate decide promotion.
+
+    ``holdout_fraction`` of the labelled images (chosen by a hash of the image id, so the slice stays
+    fixed across cycles) is never trained on and is where challenger and champion are compared. A
+    challenger is promoted only if its AUPRC and its precision at the top (R-precision: precision among
+    the top ``n anomalies`` of the evaluation set) are not worse than the champion's by more than the
+    tolerances, on at least ``gate_min_anomalies`` held-out anomalies."""
+
+    enabled: bool = True
+    auto_promote: bool = True
+    holdout_fraction: float = 0.2
+    gate_auprc_tolerance: float = 0.02
+    gate_precision_tolerance: float = 0.05
+    gate_min_anomalies: int = 1
+    parity_tolerance: float = 1e-4
+    parity_top_k: int = 100
+    parity_sample: int = 1000  # pool images scored by torch and ONNX for the parity check; 0 = all
+    lock_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"registry.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if min(self.gate_auprc_tolerance, self.gate_precision_tolerance, self.parity_tolerance) < 0:
+            raise ValueError("registry tolerances must be >= 0")
+        if self.parity_top_k < 1 or self.parity_sample < 0 or self.gate_min_anomalies < 1:
+            raise ValueError("registry.parity_top_k and gate_min_anomalies must be >= 1, parity_sample >= 0")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The scoring service and bulk scoring jobs.
+
+    model: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, a version number of
+    ``tracking.registered_model``, or a local ``.onnx`` file. batching off scores each request on its
+    own; on, concurrent requests are merged into batches of up to ``max_batch_size`` images, waiting at
+    most ``max_latency_ms`` for requests that are already being decoded. ``data_roots``: the only
+    folders bulk jobs submitted to the service may read (none = bulk jobs refused).
+    ``reload_interval_s``: how often the service checks whether the alias moved (0 = never).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    model: str = "models:/anomalymatch@champion"
+    batching: bool = True
+    max_batch_size: int = 64
+    max_latency_ms: float = 10.0
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_images_per_request: int = 256
+    max_image_pixels: int = 64_000_000
+    data_roots: tuple[str, ...] = ()
+    reload_interval_s: float = 30.0
+    decode_workers: int = 0  # 0 = one per CPU
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default
+    providers: tuple[str, ...] = ()  # empty = CUDA then CPU, whichever this onnxruntime offers
+    bulk_batch_size: int = 256
+    bulk_workers: int = 0  # decoding threads for bulk jobs; 0 = one per CPU
+    bulk_shard_rows: int = 65_536
+    top_n: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_roots", tuple(str(r) for r in self.data_roots))
+        object.__setattr__(self, "providers", tuple(str(p) for p in self.providers))
+        if self.max_batch_size < 1 or self.max_latency_ms < 0:
+            raise ValueError("serving.max_batch_size must be >= 1 and serving.max_latency_ms >= 0")
+        if min(self.max_upload_bytes, self.max_images_per_request, self.max_image_pixels) < 1:
+            raise ValueError("serving.max_upload_bytes, max_images_per_request and max_image_pixels must be >= 1")
+        if self.bulk_batch_size < 1 or self.bulk_shard_rows < 1 or self.top_n < 0:
+            raise ValueError("serving.bulk_batch_size and bulk_shard_rows must be >= 1, serving.top_n >= 0")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"serving.port must be in 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class LabelStoreConfig:
+    """The label store (anomalymatch.labelstore). ``url`` None = SQLite at ``<data_dir>/labels.db``; else a
+    SQLAlchemy URL such as ``postgresql+psycopg://user:pass@host/db``. ``busy_timeout_s``: how long a writer
+    waits for another writer's lock before giving up."""
+
+    url: str | None = None
+    busy_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.busy_timeout_s < 0:
+            raise ValueError(f"labelstore.busy_timeout_s must be >= 0, got {self.busy_timeout_s}")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     data_dir: str = ".anomalymatch"
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
     cycle: CycleConfig = field(default_factory=CycleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    labelstore: LabelStoreConfig = field(default_factory=LabelStoreConfig)
     workers: int = 0  # decode threads; 0 = one per CPU core
 
     @property
@@ -102,6 +195,9 @@ class AppConfig:
             "fixmatch": dataclasses.asdict(self.fixmatch),
             "cycle": dataclasses.asdict(self.cycle),
             "tracking": dataclasses.asdict(self.tracking),
+            "registry": dataclasses.asdict(self.registry),
+            "serving": dataclasses.asdict(self.serving),
+            "labelstore": dataclasses.asdict(self.labelstore),
         }
 
     def config_hash(self) -> str:
@@ -109,6 +205,9 @@ class AppConfig:
         d = self.to_dict()
         d.pop("data_dir")
         d.pop("tracking")
+        d.pop("registry")  # gate and parity settings; the holdout shows in the label-set hash
+        d.pop("serving")  # how models are served does not change the training recipe
+        d.pop("labelstore")  # where labels are stored; the label set has its own hash
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def replace(self, **sections: Any) -> "AppConfig":
@@ -120,6 +219,9 @@ _SECTIONS = {
     "fixmatch": FixMatchConfig,
     "cycle": CycleConfig,
     "tracking": TrackingConfig,
+    "registry": RegistryConfig,
+    "serving": ServingConfig,
+    "labelstore": LabelStoreConfig,
 }
 
 

@@ -162,7 +162,7 @@ class FixMatchTrainer:
         return history
 
     # -- scoring --------------------------------------------------------------------------------
-    def score(self, images: np.ndarray, batch_size: int = 256, use_ema: bool = True, progress: bool = False,
+    def score(self, images: np.ndarray, batch_size: int = 0, use_ema: bool = True, progress: bool = False,
               backend: str = "auto") -> np.ndarray:
         """Anomaly probability for each uint8 NHWC image, from the EMA model by default.
 
@@ -174,7 +174,7 @@ class FixMatchTrainer:
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
             return self._onnx_scorer(use_ema).score(images, batch_size)
         model = self.ema.module if use_ema else self.model
-        return score_images(model, images, batch_size, self.device, self.memory_format, progress)
+        return score_images(model, images, batch_size or 256, self.device, self.memory_format, progress)
 
     def _onnx_scorer(self, use_ema: bool):
         import tempfile
