@@ -153,8 +153,8 @@ class ServingConfig:
             raise ValueError("serving.max_upload_bytes, max_images_per_request and max_image_pixels must be >= 1")
         if self.bulk_batch_size < 1 or self.bulk_shard_rows < 1 or self.top_n < 0:
             raise ValueError("serving.bulk_batch_size and bulk_shard_rows must be >= 1, serving.top_n >= 0")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"serving.port must be in 1..65535, got {self.port}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"serving.port must be in 0..65535 (0: any free port), got {self.port}")
 
 
 @dataclass(frozen=True)
