@@ -2,6 +2,10 @@
 used, pool sample, candidates, metrics, plots, model) and, where ground truth is known (benchmarks,
 the demo), a simulated expert who labels the top candidates between cycles.
 
+With ``register=True`` each cycle's model also becomes a registry version (ONNX export, parity check,
+gate, aliases: ``registry.register_cycle``); a fixed, id-hashed slice of the labels
+(``registry.holdout_fraction``) is then held out of training in every cycle for the gate.
+
 Campaign state and the trainer checkpoint are written after every cycle (and every
 ``checkpoint_every`` iterations) so a crashed campaign resumes where it stopped."""
 from __future__ import annotations
@@ -11,7 +15,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +35,7 @@ class CampaignOutcome:
     state: CampaignState
     run_id: str | None
     workdir: Path
+    registrations: list = field(default_factory=list)  # registry.Registration per cycle, when registering
 
 
 def candidates_csv(rows: list[tuple[str, float]]) -> bytes:
@@ -65,17 +70,58 @@ def load_state(path: Path, ids: np.ndarray) -> CampaignState:
     return CampaignState(labelled, [y for _, y in payload["labelled"]], pool, cycle=int(payload["cycle"]))
 
 
+def pool_ids_bytes(ids: np.ndarray, pool_idx: np.ndarray) -> bytes:
+    return ("\n".join(str(ids[i]) for i in pool_idx) + "\n").encode()
+
+
+def training_view(state: CampaignState, ids: np.ndarray, holdout_fraction: float) -> tuple[CampaignState, np.ndarray]:
+    """The state to train on (labels minus the held-out slice) and the held-out mask over the labels."""
+    from registry.holdout import select_holdout
+
+    mask = select_holdout([str(ids[i]) for i in state.labelled_idx], state.labelled_y, holdout_fraction)
+    view = CampaignState(state.labelled_idx[~mask], state.labelled_y[~mask], state.pool_idx, cycle=state.cycle)
+    return view, mask
+
+
+def register_cycle_model(tracker, run_id: str, name: str, result: CycleResult, state: CampaignState,
+                         holdout: np.ndarray, ids: np.ndarray, images: np.ndarray, trainer: FixMatchTrainer,
+                         config: AppConfig, parent_version: str = ""):
+    """Register the cycle's EMA model with its lineage; returns the ``registry.Registration``."""
+    from registry.register import ImageSet, register_cycle
+    from training.tracking import sha256_bytes
+
+    labelled, y = state.labelled_idx, state.labelled_y
+    lineage = {
+        "campaign": name,
+        "campaign_run_id": tracker.campaign_run_id or "",
+        "cycle": result.cycle,
+        "pool_sha256": sha256_bytes(pool_ids_bytes(ids, result.pool_idx)),
+        "n_pool": len(result.pool_idx),
+        "config_hash": config.config_hash(),
+        "parent_version": parent_version,
+        "iteration": trainer.iteration,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+    }
+    return register_cycle(
+        trainer.ema.module, run_id, lineage,
+        pool=ImageSet(images[result.pool_idx], ids[result.pool_idx]),
+        holdout=ImageSet(images[labelled[holdout]], ids[labelled[holdout]], y[holdout]),
+        train=ImageSet(None, ids[labelled[~holdout]], y[~holdout]),
+        tracking_uri=tracker.tracking_uri, name=config.tracking.registered_model, cfg=config.registry,
+    )
+
+
 def log_cycle(tracker, run_id: str, result: CycleResult, state: CampaignState, ids: np.ndarray,
               trainer: FixMatchTrainer, truth: np.ndarray | None) -> None:
     """Everything a cycle used and produced, on its MLflow run."""
     from training.model import save_weights
-    from training.plots import curve_figures
+    from anomalymatch.plots import curve_figures
     from training.tracking import sha256_bytes
 
     labels = state.label_table(ids)
     labels_bytes = labels.to_csv_bytes()
     pool_ids = [str(ids[i]) for i in result.pool_idx]
-    pool_bytes = ("\n".join(pool_ids) + "\n").encode()
+    pool_bytes = pool_ids_bytes(ids, result.pool_idx)
     tracker.set_tags(run_id, {
         "labels_sha256": labels.sha256(),
         "n_labels": len(labels),
@@ -113,13 +159,18 @@ def run_campaign(
     tags: dict[str, str] | None = None,
     progress: bool = False,
     on_cycle: Callable[[CycleResult], None] | None = None,
+    register: bool = False,
 ) -> CampaignOutcome:
     """Run ``config.cycle.cycles`` cycles from ``state``; with ``truth`` the simulated expert labels
-    ``config.cycle.picks`` true anomalies and false positives from the pool after each cycle."""
+    ``config.cycle.picks`` true anomalies and false positives from the pool after each cycle.
+    ``register`` (needs ``tracker``) trains without the held-out labels and registers every cycle."""
+    if register and tracker is None:
+        raise ValueError("register=True needs an MLflow tracker: versions are registered from cycle runs")
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / CHECKPOINT_FILE
     cfg = config.cycle
     results: list[CycleResult] = []
+    registrations: list = []
 
     def cycles() -> None:
         while state.cycle < cfg.cycles:
@@ -127,8 +178,16 @@ def run_campaign(
             remaining = cfg.iterations - max(done_in_cycle, 0)
             if tracker is not None:
                 with tracker.cycle(state.cycle + 1) as cycle_run:
-                    result = run_cycle(trainer, images, ids, state, cfg, truth, tracker, checkpoint, progress, remaining)
+                    train_state, holdout = (training_view(state, ids, config.registry.holdout_fraction) if register
+                                            else (state, None))
+                    result = run_cycle(trainer, images, ids, train_state, cfg, truth, tracker, checkpoint, progress,
+                                       remaining)
+                    state.cycle = train_state.cycle
                     log_cycle(tracker, cycle_run, result, state, ids, trainer, truth)
+                    if register:
+                        parent = registrations[-1].version if registrations else ""
+                        registrations.append(register_cycle_model(tracker, cycle_run, name, result, state, holdout,
+                                                                  ids, images, trainer, config, parent))
             else:
                 result = run_cycle(trainer, images, ids, state, cfg, truth, None, checkpoint, progress, remaining)
             results.append(result)
@@ -148,4 +207,4 @@ def run_campaign(
                 tracker.log_metrics(run_id, {k: v for k, v in last.summary().items() if k != "cycle"}, step=last.cycle)
     else:
         cycles()
-    return CampaignOutcome(results, state, run_id, workdir)
+    return CampaignOutcome(results, state, run_id, workdir, registrations)

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from anomalymatch.labels import read_labels
     from anomalymatch.loader import load_images
     from anomalymatch.sources import open_sources
+    from registry.register import describe_registration
     from training.campaign import STATE_FILE, CHECKPOINT_FILE, candidates_csv, load_state, run_campaign
     from training.cycle import CampaignState
     from training.model import create_model
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming {args.name} after cycle {state.cycle} (iteration {trainer.iteration})", file=sys.stderr)
     tracker = CampaignTracker(config.tracking, config.data_path)
     outcome = run_campaign(trainer, images, ids, state, config, workdir, tracker=tracker, name=args.name,
-                           tags={"anomalymatch.labels_file": str(args.labels)}, progress=progress)
+                           tags={"anomalymatch.labels_file": str(args.labels)}, progress=progress,
+                           register=config.registry.enabled)
     if not outcome.results:
         print(f"campaign {args.name} had already completed {state.cycle} cycle(s)", file=sys.stderr)
         return 0
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"top {len(last.candidates)} candidates of {last.n_pool} pool images: {out}")
     for image_id, score in last.candidates[:10]:
         print(f"  {score:.4f}  {image_id}")
+    for reg in outcome.registrations:
+        print(describe_registration(config.tracking.registered_model, reg))
     print(f"MLflow run {outcome.run_id} in {tracker.tracking_uri}")
     print(f"open the UI with: mlflow ui --backend-store-uri {tracker.tracking_uri}")
     return 0
