@@ -120,7 +120,8 @@ class ServingConfig:
     model: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, a version number of
     ``tracking.registered_model``, or a local ``.onnx`` file. batching off scores each request on its
     own; on, concurrent requests are merged into batches of up to ``max_batch_size`` images, waiting at
-    most ``max_latency_ms`` for requests that are already being decoded. ``data_roots``: the only
+    most ``max_latency_ms`` for requests that are already being decoded. ``max_upload_bytes`` bounds a
+    whole request body (all its files) and so each file. ``data_roots``: the only
     folders bulk jobs submitted to the service may read (none = bulk jobs refused).
     ``reload_interval_s``: how often the service checks whether the alias moved (0 = never).
     """
@@ -172,6 +173,44 @@ class LabelStoreConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """Continuous retraining (``anomalymatch retrain --watch``) and the label endpoints.
+
+    A retrain starts once ``min_labels`` new labels arrived, or once the oldest new label has waited
+    ``max_wait_minutes`` (0 = never by time). ``campaign``: the label store campaign whose images are
+    trained on (empty = the only one). Label writes need a token: the environment variable named by
+    ``token_env``, else the first line of ``token_file``; with neither, writes are refused. (No inline
+    token: the resolved config is logged with every run.) ``in_service``: the scoring service starts the
+    watcher as a subprocess (torch stays out of the service process)."""
+
+    min_labels: int = 20
+    max_wait_minutes: float = 60.0
+    poll_s: float = 10.0
+    campaign: str = ""
+    token_env: str = "ANOMALYMATCH_LABEL_TOKEN"
+    token_file: str | None = None
+    in_service: bool = False
+    pretrained: bool = True  # no champion yet: start from ImageNet weights (False: random, for tests)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.min_labels < 1 or self.max_wait_minutes < 0 or self.poll_s <= 0:
+            raise ValueError("retrain.min_labels must be >= 1, retrain.max_wait_minutes >= 0, retrain.poll_s > 0")
+
+    def resolve_token(self) -> str:
+        """The write token: the environment first, then ``token_file``; '' when neither is set."""
+        if os.environ.get(self.token_env):
+            return os.environ[self.token_env].strip()
+        if self.token_file:
+            path = Path(self.token_file).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"retrain.token_file {path} does not exist; write the token into it")
+            lines = path.read_text().splitlines()
+            return lines[0].strip() if lines else ""
+        return ""
+
+
+@dataclass(frozen=True)
 class AppConfig:
     data_dir: str = ".anomalymatch"
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
@@ -181,6 +220,7 @@ class AppConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     labelstore: LabelStoreConfig = field(default_factory=LabelStoreConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     workers: int = 0  # decode threads; 0 = one per CPU core
 
     @property
@@ -198,6 +238,7 @@ class AppConfig:
             "registry": dataclasses.asdict(self.registry),
             "serving": dataclasses.asdict(self.serving),
             "labelstore": dataclasses.asdict(self.labelstore),
+            "retrain": dataclasses.asdict(self.retrain),
         }
 
     def config_hash(self) -> str:
@@ -208,6 +249,7 @@ class AppConfig:
         d.pop("registry")  # gate and parity settings; the holdout shows in the label-set hash
         d.pop("serving")  # how models are served does not change the training recipe
         d.pop("labelstore")  # where labels are stored; the label set has its own hash
+        d.pop("retrain")  # when retraining starts, not how it trains
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def replace(self, **sections: Any) -> "AppConfig":
@@ -222,6 +264,7 @@ _SECTIONS = {
     "registry": RegistryConfig,
     "serving": ServingConfig,
     "labelstore": LabelStoreConfig,
+    "retrain": RetrainConfig,
 }
 
 

@@ -1,0 +1,141 @@
+"""A labelling campaign's images: which sources it reads, at which preprocessing, and reading one image by id.
+
+The label store's campaign row holds ``{"sources": [absolute paths], "preprocess": {...}}``; its images are
+registered in the store, so only they can be labelled. The retraining watcher loads the campaign's images
+from these sources; the service serves the original file of a candidate from them. No torch, no mlflow.
+"""
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomalymatch.labelstore import LabelStore, UnknownCampaignError
+from anomalymatch.preprocessing import PreprocessSpec
+from anomalymatch.sources import ImageSource, open_sources
+
+
+@dataclass(frozen=True)
+class CampaignImages:
+    """Where a campaign's images live and the preprocessing it trains with (None = the app config's)."""
+
+    name: str
+    sources: tuple[str, ...]
+    preprocess: PreprocessSpec | None = None
+
+    def open(self) -> ImageSource:
+        return open_sources(list(self.sources))
+
+
+def setup_campaign(store: LabelStore, name: str, sources: Sequence[str | os.PathLike],
+                   preprocess: PreprocessSpec | None = None, notes: str = "") -> tuple[CampaignImages, int]:
+    """Create (or reuse) campaign ``name`` over ``sources`` and register every image id in them.
+    Returns the campaign and how many ids were new. A campaign of that name over other sources is refused."""
+    paths = tuple(str(Path(s).expanduser().resolve()) for s in sources)
+    if not paths:
+        raise ValueError("a campaign needs at least one image source (folder, zip, HDF5 file)")
+    config = {"sources": list(paths), "preprocess": preprocess.to_dict() if preprocess else None}
+    stored = store.create_campaign(name, config, notes=notes, exist_ok=True)
+    if tuple(stored.config.get("sources", ())) != paths:
+        raise ValueError(f"campaign {name!r} already reads {stored.config.get('sources')}, not {list(paths)}; "
+                         "use another campaign name")
+    with open_sources(list(paths)) as source:
+        added = store.register_images(source.ids, campaign=name)
+    return campaign_images(store, name), added
+
+
+def campaign_images(store: LabelStore, name: str = "") -> CampaignImages:
+    """Campaign ``name`` (empty = the only campaign in the store) as ``CampaignImages``."""
+    if not name:
+        campaigns = store.list_campaigns()
+        if len(campaigns) != 1:
+            raise UnknownCampaignError(
+                f"the label store holds {len(campaigns)} campaigns ({[c.name for c in campaigns]}); "
+                "set retrain.campaign to pick one" if campaigns else
+                "the label store holds no campaign; create one with `anomalymatch retrain --setup "
+                "--campaign NAME --images SOURCE [--labels CSV]`")
+        name = campaigns[0].name
+    config = store.get_campaign(name).config
+    sources = config.get("sources")
+    if not sources:
+        raise UnknownCampaignError(f"campaign {name!r} records no image sources; it was not created by "
+                                   "setup_campaign (`anomalymatch retrain --setup`)")
+    spec = config.get("preprocess")
+    return CampaignImages(name, tuple(sources), PreprocessSpec.from_dict(dict(spec)) if spec else None)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image as served: its bytes, media type and a file name for saving it."""
+
+    data: bytes
+    media_type: str
+    filename: str
+
+
+class ImageLibrary:
+    """Reads labelled-or-candidate images by id from every campaign's sources (opened once, on first use)."""
+
+    def __init__(self, store: LabelStore) -> None:
+        self.store = store
+        self._sources: dict[str, ImageSource] = {}
+        self._lock = threading.Lock()
+
+    def _source_for(self, image_id: str) -> ImageSource | None:
+        with self._lock:
+            for source in self._sources.values():
+                if _holds(source, image_id):
+                    return source
+            for campaign in self.store.list_campaigns():
+                if campaign.name in self._sources or not campaign.config.get("sources"):
+                    continue
+                source = open_sources(list(campaign.config["sources"]))
+                self._sources[campaign.name] = source
+                if _holds(source, image_id):
+                    return source
+        return None
+
+    def read(self, image_id: str, render_png: bool = False) -> ImageFile:
+        """The original file bytes of ``image_id`` (raw HDF5 rows, and any image with ``render_png``, as a
+        display PNG at native resolution). ``KeyError`` when no campaign source holds it."""
+        source = self._source_for(image_id)
+        if source is None:
+            raise KeyError(f"image {image_id!r} is in no campaign's sources")
+        item = source.read(image_id)
+        base = image_id.rsplit("/", 1)[-1] or "image"
+        if isinstance(item, np.ndarray) or render_png:
+            return ImageFile(_to_png(item, image_id), "image/png", f"{Path(base).stem or 'image'}.png")
+        media = mimetypes.guess_type(base)[0] or "application/octet-stream"
+        return ImageFile(bytes(item), media, base)
+
+    def close(self) -> None:
+        with self._lock:
+            for source in self._sources.values():
+                source.close()
+            self._sources.clear()
+
+
+def _holds(source: ImageSource, image_id: str) -> bool:
+    try:
+        source.index(image_id)
+    except KeyError:
+        return False
+    return True
+
+
+def _to_png(item: bytes | np.ndarray, name: str) -> bytes:
+    from PIL import Image
+
+    from anomalymatch.decode import decode_native
+    from anomalymatch.transform import channel_last, to_rgb, to_uint8
+
+    pixels = to_rgb(to_uint8(channel_last(item))) if isinstance(item, np.ndarray) else decode_native(item, name)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,167 @@
+"""The labelling endpoints' logic on a real SQLite label store and real image files: candidates exclude
+labelled images, every kind of bad write gets a clear 4xx and writes nothing, the token is required,
+images come back as their original bytes, and the module stays torch-free."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from anomalymatch.campaign_images import setup_campaign
+from anomalymatch.config import AppConfig, RetrainConfig
+from anomalymatch.labelstore import LabelStore
+from anomalymatch.retrain_state import RetrainState, state_path, write_state
+from serving.labels_api import (LabelsApi, bearer_token, check_token, fetch_image, get_candidates, post_labels,
+                                retrain_status)
+from serving.uploads import RequestError
+from tests.conftest import encode_png, gradient_rgb
+
+IDS = [f"img{i}.png" for i in range(8)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(IDS):
+        (folder / name).write_bytes(encode_png(gradient_rgb(20, 24, seed=i)))
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    setup_campaign(store, "c", [folder])
+    store.add_scores("3", IDS, np.linspace(0.05, 0.95, len(IDS)))  # img7 highest, img3/img4 nearest 0.5
+    yield store
+    store.close()
+
+
+def _status(fn, *args, **kwargs) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+def test_candidates_by_strategy_exclude_labelled_images(store):
+    top = get_candidates(store, "3", 3)
+    assert top["model_version"] == "3" and top["strategy"] == "top"
+    assert [c["image_id"] for c in top["candidates"]] == ["img7.png", "img6.png", "img5.png"]
+    assert [c["rank"] for c in top["candidates"]] == [1, 2, 3]
+    uncertain = get_candidates(store, "3", 2, "uncertain")["candidates"]
+    assert {c["image_id"] for c in uncertain} == {"img3.png", "img4.png"}
+    explore = get_candidates(store, "3", 8, "explore")["candidates"]
+    assert sorted(c["image_id"] for c in explore) == sorted(IDS)
+
+    post_labels(store, [{"image_id": "img7.png", "label": "anomaly"}, {"image_id": "img3.png", "label": "nominal"}])
+    for strategy in ("top", "uncertain", "explore"):
+        got = {c["image_id"] for c in get_candidates(store, "3", 8, strategy)["candidates"]}
+        assert got == set(IDS) - {"img7.png", "img3.png"}, strategy
+    empty = get_candidates(store, "99", 5)
+    assert empty["candidates"] == [] and "no unlabelled images scored by model version '99'" in empty["message"]
+
+
+def test_bad_candidate_requests_are_400(store):
+    assert _status(get_candidates, store, "3", 0).status == 400
+    assert _status(get_candidates, store, "3", 10_000).status == 400
+    err = _status(get_candidates, store, "3", 5, "best")
+    assert err.status == 400 and "top" in err.message and "explore" in err.message
+
+
+def test_unknown_image_or_label_value_is_422_and_writes_nothing(store):
+    err = _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly"},
+                                       {"image_id": "nope.png", "label": "anomaly"}])
+    assert err.status == 422 and "nope.png" in err.message and err.detail == [{"id": "nope.png",
+                                                                             "reason": "unknown image id"}]
+    err = _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly"},
+                                       {"image_id": "img2.png", "label": "weird"}])
+    assert err.status == 422 and "'weird'" in err.message and "anomaly" in err.message
+    assert err.detail[0]["value"] == "weird"
+    err = _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly", "colour": "red"}])
+    assert err.status == 422 and "colour" in err.message
+    assert store.last_seq() == 0  # nothing of any refused batch was written
+
+    assert _status(post_labels, store, []).status == 400
+    assert _status(post_labels, store, ["img1.png"]).status == 400
+    assert _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly"}] * 10_001).status == 413
+
+
+def test_idempotent_posts_and_conflicting_keys(store):
+    batch = [{"image_id": "img1.png", "label": "anomaly", "time": "2024-05-01T12:00:00Z", "comment": "arc"}]
+    first = post_labels(store, batch, key="k1", user="ann")
+    assert first["added"] == 1 and not first["replayed"] and first["last_seq"] == 1
+    again = post_labels(store, batch, key="k1", user="ann")
+    assert again["added"] == 0 and again["replayed"]
+    err = _status(post_labels, store, [{"image_id": "img2.png", "label": "nominal"}], key="k1")
+    assert err.status == 409 and "k1" in err.message
+    assert store.history("img1.png")[0].user == "ann" and store.last_seq() == 1
+
+
+def test_token_rules():
+    assert bearer_token("Bearer s3cret") == "s3cret" and bearer_token("bearer  s3cret ") == "s3cret"
+    assert bearer_token(None) == "" and bearer_token("Basic abc") == ""
+    check_token("s3cret", "s3cret")
+    assert _status(check_token, "", "s3cret").status == 401
+    assert _status(check_token, "wrong", "s3cret").status == 401
+    err = _status(check_token, "anything", "", "MY_TOKEN_ENV")
+    assert err.status == 403 and "$MY_TOKEN_ENV" in err.message
+
+
+def test_labels_api_needs_the_token_from_env_or_file(tmp_path, monkeypatch, store):
+    monkeypatch.delenv("TEST_LABEL_TOKEN", raising=False)
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("from-file\n")
+    config = AppConfig(data_dir=str(tmp_path),
+                       retrain=RetrainConfig(token_env="TEST_LABEL_TOKEN", token_file=str(token_file)))
+    api = LabelsApi(config)
+    entry = [{"image_id": "img1.png", "label": "anomaly"}]
+    assert _status(api.post, entry, "", "", None).status == 401
+    assert _status(api.post, entry, "", "", "Bearer nope").status == 401
+    out = api.post(entry, "", "ann", "Bearer from-file")
+    assert out["added"] == 1 and out["retrain"] == "idle"
+    monkeypatch.setenv("TEST_LABEL_TOKEN", "from-env")  # the environment wins over the file
+    assert _status(api.post, entry, "", "", "Bearer from-file").status == 401
+    assert api.post([{"image_id": "img2.png", "label": "nominal"}], "", "", "Bearer from-env")["added"] == 1
+    api.close()
+
+
+def test_images_come_back_as_original_bytes_or_png(tmp_path, store):
+    from PIL import Image
+
+    from anomalymatch.campaign_images import ImageLibrary
+
+    library = ImageLibrary(store)
+    got = fetch_image(store, library, "img2.png")
+    assert got.data == (tmp_path / "images" / "img2.png").read_bytes()
+    assert got.media_type == "image/png" and got.filename == "img2.png"
+    png = fetch_image(store, library, "img2.png", render_png=True)
+    import io
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.data)).convert("RGB")), gradient_rgb(20, 24, seed=2))
+    assert _status(fetch_image, store, library, "missing.png").status == 404
+    store.register_images(["registered-elsewhere.png"])
+    assert _status(fetch_image, store, library, "registered-elsewhere.png").status == 404
+    library.close()
+
+
+def test_raw_hdf5_rows_are_served_as_png(tmp_path, hdf5_files):
+    from anomalymatch.campaign_images import ImageLibrary
+
+    store = LabelStore(f"sqlite:///{tmp_path / 'h5.db'}")
+    fixture = hdf5_files["raw_u8"]
+    setup_campaign(store, "h5", [fixture.path])
+    got = fetch_image(store, ImageLibrary(store), fixture.ids[1])
+    assert got.media_type == "image/png" and got.filename == f"{fixture.ids[1]}.png" and got.data[:4] == b"\x89PNG"
+
+
+def test_retrain_status_reads_the_watchers_state(tmp_path, store):
+    cfg = RetrainConfig(min_labels=1)
+    path = state_path(tmp_path)
+    assert retrain_status(path, store, cfg)["status"] == "idle"
+    write_state(path, RetrainState(status="failed", last_error="RuntimeError: boom", last_version="4"))
+    report = retrain_status(path, store, cfg)
+    assert report["status"] == "failed" and report["last_error"] == "RuntimeError: boom"
+    assert report["last_version"] == "4"
+
+
+def test_labels_api_is_torch_free():
+    code = ("import sys, serving.labels_api, labeling.client, labeling.cli, anomalymatch.retrain_state; "
+            "bad = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
