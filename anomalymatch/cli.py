@@ -12,6 +12,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("training.cli_train", "Train a FixMatch campaign on labelled images plus an unlabelled pool"),
     "benchmark": ("training.cli_benchmark", "Run the paper's active-learning benchmark protocol"),
     "demo": ("training.demo", "The main job: a short campaign on the FIRST radio galaxy images"),
+    "registry": ("registry.cli", "Model versions: list, show, promote, rollback, export ONNX"),
+    "serve": ("serving.cli_serve", "Run the scoring service (BentoML, ONNX Runtime) on the champion model"),
+    "score": ("serving.cli_score", "Score folders, zips or HDF5 files to resumable Parquet shards + top candidates"),
+    "retrain": ("training.cli_retrain", "Retrain the champion when new labels arrive (--watch), register, gate, promote"),
+    "label": ("labeling.cli", "Pull candidates to label and push labels to the service; retraining status"),
 }
 
 

@@ -15,7 +15,6 @@ a mean absolute difference below 1 grey level against the full decode (see bench
 """
 from __future__ import annotations
 
-import gzip
 import io
 import zlib
 from collections.abc import Callable
@@ -104,13 +103,28 @@ def has_image_magic(head: bytes) -> bool:
     return head[:2] == b"\x1f\x8b" or any(head.startswith(magic) for magic, _ in _MAGIC)
 
 
-def _gunzip(data: bytes) -> bytes:
+MAX_GUNZIP_BYTES = 1 << 30  # a .fits.gz inflating past 1 GiB is refused, not held in memory (gzip bombs)
+
+
+def _gunzip(data: bytes, limit: int = MAX_GUNZIP_BYTES) -> bytes:
     if data[:2] != b"\x1f\x8b":
         return data
+    parts, size, rest = [], 0, data
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
+        while rest[:2] == b"\x1f\x8b":  # one gzip member after another, as gzip.decompress reads them
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            part = inflater.decompress(rest, limit - size + 1)
+            size += len(part)
+            if size > limit:
+                raise DecodeError(f"gzip data inflates to more than {limit} bytes; decompress it yourself "
+                                  "if such a file is really meant")
+            if not inflater.eof:
+                raise DecodeError("gzip data is corrupt or truncated: the stream ends early")
+            parts.append(part)
+            rest = inflater.unused_data
+    except zlib.error as exc:
         raise DecodeError(f"gzip data is corrupt or truncated: {exc}") from exc
+    return b"".join(parts)
 
 
 def sniff_format(data: bytes, name: str = "") -> ImageFormat:

@@ -172,3 +172,19 @@ def test_probe_reports_native_shape_and_dtype(image_dir):
     for rel, (fmt, shape, dtype) in cases.items():
         info = probe_image((image_dir / rel).read_bytes(), rel)
         assert (info.format, info.shape, info.dtype) == (fmt, shape, dtype), rel
+
+
+def test_gzip_members_truncation_and_bombs_are_handled():
+    import gzip
+
+    from anomalymatch.decode import _gunzip
+
+    payload = bytes(range(256)) * 64
+    assert _gunzip(gzip.compress(payload)) == payload
+    assert _gunzip(gzip.compress(payload) + gzip.compress(b"tail")) == payload + b"tail"  # two members
+    with pytest.raises(DecodeError, match="truncated"):
+        _gunzip(gzip.compress(payload)[:-40])
+    bomb = gzip.compress(b"\0" * (4 << 20))  # 4 MiB of zeros in about 4 KiB
+    with pytest.raises(DecodeError, match="inflates to more than 1048576 bytes"):
+        _gunzip(bomb, limit=1 << 20)
+    assert len(_gunzip(bomb, limit=4 << 20)) == 4 << 20

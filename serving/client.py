@@ -1,0 +1,105 @@
+"""A small client for the running service: score files, bytes or uint8 arrays; run bulk jobs.
+
+``score_files(url, paths)`` and ``score_arrays(url, ids, images)`` return ``[{"id", "score",
+"model_version"}]`` in input order; requests go ``concurrency`` at a time so the service can batch
+them. A 4xx or 5xx raises ``ServiceError`` with the service's message.
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+class ServiceError(RuntimeError):
+    def __init__(self, status: int, body: object) -> None:
+        message = body.get("error", body) if isinstance(body, dict) else body
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.body = status, body
+
+
+def _httpx():  # type: ignore[no-untyped-def]
+    import httpx
+
+    return httpx
+
+
+def _check(resp) -> object:  # type: ignore[no-untyped-def]
+    try:
+        body = resp.json()
+    except ValueError:
+        body = resp.text
+    if resp.status_code >= 400:
+        if isinstance(body, list) and body and isinstance(body[0], dict):  # BentoML wraps some errors in a list
+            body = body[0]
+        raise ServiceError(resp.status_code, body)
+    return body
+
+
+def score_bytes(url: str, items: Sequence[tuple[str, bytes]], chunk: int = 32, concurrency: int = 4,
+                timeout: float = 300.0) -> list[dict]:
+    """Score ``(name, encoded bytes)`` pairs; returns one dict per item, in order."""
+    httpx = _httpx()
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    with httpx.Client(timeout=timeout) as client:
+        def post(part: Sequence[tuple[str, bytes]]) -> list[dict]:
+            files = [("images", (name, data, "application/octet-stream")) for name, data in part]
+            return _check(client.post(f"{url}/score", files=files))  # type: ignore[return-value]
+
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            results = list(pool.map(post, chunks))
+    return [row for part in results for row in part]
+
+
+def score_files(url: str, paths: Sequence[str | os.PathLike], **kwargs: object) -> list[dict]:
+    """Score image files; ids are the file names."""
+    return score_bytes(url, [(Path(p).name, Path(p).read_bytes()) for p in paths], **kwargs)  # type: ignore[arg-type]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def score_arrays(url: str, ids: Sequence[str], images: np.ndarray, **kwargs: object) -> list[dict]:
+    """Score decoded uint8 ``(N, H, W, 3)`` images (sent as lossless PNG); ids are yours."""
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} ids for {len(images)} images")
+    return score_bytes(url, [(f"{i}.png", encode_png(img)) for i, img in zip(ids, images)], **kwargs)  # type: ignore[arg-type]
+
+
+def info(url: str) -> dict:
+    return _check(_httpx().post(f"{url}/info", json={}, timeout=30))  # type: ignore[return-value]
+
+
+def submit_bulk(url: str, sources: Sequence[str], top_n: int | None = None, job_id: str = "") -> dict:
+    payload: dict = {"sources": [str(s) for s in sources], "job_id": job_id}
+    if top_n is not None:
+        payload["top_n"] = top_n
+    return _check(_httpx().post(f"{url}/bulk_submit", json=payload, timeout=60))  # type: ignore[return-value]
+
+
+def bulk_status(url: str, job_id: str) -> dict:
+    return _check(_httpx().post(f"{url}/bulk_status", json={"job_id": job_id}, timeout=30))  # type: ignore[return-value]
+
+
+def cancel_bulk(url: str, job_id: str) -> dict:
+    return _check(_httpx().post(f"{url}/bulk_cancel", json={"job_id": job_id}, timeout=30))  # type: ignore[return-value]
+
+
+def wait_bulk(url: str, job_id: str, timeout: float = 600.0, poll_s: float = 0.2) -> dict:
+    """Poll until the job is done, cancelled or failed; returns its last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = bulk_status(url, job_id)
+        if status["status"] in ("done", "cancelled", "failed") or time.monotonic() > deadline:
+            return status
+        time.sleep(poll_s)

@@ -1,0 +1,106 @@
+"""Bulk jobs submitted to the service: server-side sources under the configured data roots only.
+
+Jobs run one at a time on a background thread (inference already uses every core), each into
+``<out_root>/<job_id>/`` with ``serving.bulk.BulkJob``; submitting an existing job id resumes it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from serving.bulk import BulkJob, read_manifest
+from serving.live_model import LoadedModel
+from serving.uploads import RequestError
+
+log = logging.getLogger(__name__)
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_under_roots(path: str, roots: Sequence[str]) -> str:
+    """The resolved path if it lies under one of ``roots`` (symlinks resolved), else ``RequestError(403)``."""
+    if not roots:
+        raise RequestError(403, "bulk jobs are disabled: the service has no data roots (set serving.data_roots)")
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved.is_relative_to(Path(root).expanduser().resolve()):
+            if not resolved.exists():
+                raise RequestError(404, f"source not found: {path}")
+            return str(resolved)
+    raise RequestError(403, f"source {path} is outside the service's data roots {list(roots)}; "
+                            "only sources under them can be scored")
+
+
+class BulkJobs:
+    def __init__(self, out_root: str | os.PathLike, data_roots: Sequence[str], batch_size: int, workers: int | None,
+                 shard_rows: int, default_top_n: int) -> None:
+        self.out_root = Path(out_root)
+        self.data_roots = list(data_roots)
+        self.batch_size, self.workers, self.shard_rows, self.default_top_n = batch_size, workers, shard_rows, default_top_n
+        self._jobs: dict[str, BulkJob] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="anomalymatch-bulk")
+
+    def submit(self, sources: Sequence[str], model: LoadedModel, top_n: int | None = None, job_id: str = "") -> dict:
+        if not sources:
+            raise RequestError(400, "no sources: pass server-side folders, zips, HDF5 or image files under the data roots")
+        resolved = [check_under_roots(s, self.data_roots) for s in sources]
+        job_id = job_id or uuid.uuid4().hex[:12]
+        if not _JOB_ID.match(job_id):
+            raise RequestError(400, f"job_id {job_id!r}: use 1-64 letters, digits, '-' or '_'")
+        with self._lock:
+            running = self._jobs.get(job_id)
+            if running is not None and running.progress.status in ("queued", "running"):
+                raise RequestError(409, f"job {job_id} is already {running.progress.status}")
+            job = BulkJob(resolved, self.out_root / job_id, model.scorer, model.version, batch_size=self.batch_size,
+                          workers=self.workers, shard_rows=self.shard_rows,
+                          top_n=self.default_top_n if top_n is None else top_n)
+            self._jobs[job_id] = job
+        self._pool.submit(self._run, job_id, job)
+        return {"job_id": job_id, "status": job.progress.status, "model_version": model.version,
+                "out_dir": str(job.out_dir)}
+
+    @staticmethod
+    def _run(job_id: str, job: BulkJob) -> None:
+        try:
+            job.run()
+        except Exception:  # the job's status says "failed" with the reason
+            log.exception("bulk job %s failed", job_id)
+
+    def _job(self, job_id: str) -> BulkJob:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise RequestError(404, f"no bulk job {job_id!r} in this service")
+        return job
+
+    def status(self, job_id: str) -> dict:
+        job = self._job(job_id)
+        progress = job.progress
+        out = {"job_id": job_id, **asdict(progress), "done": progress.done, "model_version": job.model_version,
+               "out_dir": str(job.out_dir), "sources": job.sources}
+        manifest = job.out_dir / "manifest.json"
+        out["shards"] = len(read_manifest(job.out_dir)["shards"]) if manifest.is_file() else 0
+        for name in ("top.csv", "errors.csv"):
+            out[name.split(".")[0] + "_file"] = str(job.out_dir / name) if (job.out_dir / name).is_file() else ""
+        return out
+
+    def cancel(self, job_id: str) -> dict:
+        job = self._job(job_id)
+        job.cancel()
+        if job.progress.status == "queued":
+            job.progress.status = "cancelled"
+        return {"job_id": job_id, "status": job.progress.status, "cancel_requested": True}
+
+    def close(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

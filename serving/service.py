@@ -1,0 +1,192 @@
+"""The AnomalyMatch scoring service (BentoML): the champion ONNX model in ONNX Runtime.
+
+Run it with ``anomalymatch serve`` (or ``bentoml serve serving.service:AnomalyMatchService`` with the
+config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multipart):
+
+- ``/score``: multipart field ``images`` (one or many PNG/JPEG/TIFF/FITS files) ->
+  ``[{"id", "score", "model_version"}]``; concurrent requests are batched adaptively.
+- ``/info``: model version, the ONNX Runtime providers actually in use, the input spec, batching.
+- ``/bulk_submit`` ``{"sources": [...], "top_n"?, "job_id"?}``, ``/bulk_status`` and
+  ``/bulk_cancel`` ``{"job_id"}``: resumable bulk jobs over server-side sources under the data roots.
+- Labelling (``serving.labels_api``): ``/candidates`` ``{"n"?, "strategy"?}`` (unlabelled images ranked by
+  the served model), ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
+  ``/retrain_status`` and ``/image`` ``{"image_id", "png"?}`` (the original file).
+- BentoML's ``GET /livez`` (health) and ``GET /readyz`` (ready once the model is loaded).
+
+This module and everything it imports are torch-free (a test asserts it).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from starlette.responses import JSONResponse, Response
+
+from anomalymatch.loader import default_workers
+from serving.batching import AdaptiveBatcher
+from serving.jobs import BulkJobs
+from serving.labels_api import LabelsApi, start_watcher, stop_watcher
+from serving.launch import config_from_env
+from serving.live_model import LiveModel, LoadedModel
+from serving.model_ref import resolve_tracking_uri
+from serving.uploads import (RequestError, RequestSizeLimit, UploadLimits, check_count, decode_uploads,
+                             upload_id)
+
+log = logging.getLogger("anomalymatch.serving")
+CONFIG = config_from_env()
+SERVING = CONFIG.serving
+
+
+def _error(exc: RequestError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@bentoml.service(name="anomalymatch", workers=1, traffic={"timeout": 600})
+class AnomalyMatchService:
+    """One class, one batched scoring method (``score``); bulk jobs reuse its model.
+
+    Batching is ``serving.batching.AdaptiveBatcher`` over decoded pixels rather than BentoML's
+    ``batchable=True``: BentoML batches whole requests before the method body runs, so one corrupt
+    upload would fail every request in its batch (and could not be a 4xx), and calling a batchable
+    method from inside the service goes through its JSON client. Here each request decodes (and fails)
+    on its own, and only the valid pixels of concurrent requests are merged for inference.
+    """
+
+    def __init__(self) -> None:
+        self.config = CONFIG
+        data = CONFIG.data_path
+        self.model = LiveModel(SERVING.model, resolve_tracking_uri(CONFIG.tracking.tracking_uri, data),
+                               data / "serving" / "models", CONFIG.tracking.registered_model,
+                               SERVING.reload_interval_s, SERVING.providers, SERVING.threads)
+        self.limits = UploadLimits(SERVING.max_images_per_request, SERVING.max_upload_bytes, SERVING.max_image_pixels)
+        self.decode_pool = ThreadPoolExecutor(SERVING.decode_workers or default_workers(),
+                                              thread_name_prefix="anomalymatch-upload")
+        self.batcher = (AdaptiveBatcher(self._run_batch, SERVING.max_batch_size, SERVING.max_latency_ms)
+                        if SERVING.batching else None)
+        self.jobs = BulkJobs(data / "bulk", SERVING.data_roots, SERVING.bulk_batch_size,
+                             SERVING.bulk_workers or None, SERVING.bulk_shard_rows, SERVING.top_n)
+        self.label_api = LabelsApi(CONFIG)
+        self.watcher = start_watcher(CONFIG) if CONFIG.retrain.in_service else None
+
+    @staticmethod
+    def _run_batch(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+        return model.scorer.score(pixels, batch_size=max(len(pixels), 1))
+
+    def __is_ready__(self) -> bool:
+        return self.model.current is not None
+
+    @bentoml.api
+    async def score(self, images: list[Path]) -> list[dict[str, Any]]:
+        """Anomaly scores for uploaded images (multipart field ``images``), in upload order."""
+        loop = asyncio.get_running_loop()
+        model = self.model.current  # this request keeps this model even if a reload swaps it
+        try:
+            check_count(len(images), self.limits)
+            files = [(upload_id(p), p.read_bytes) for p in images]
+            if self.batcher is None:
+                pixels = await loop.run_in_executor(None, decode_uploads, files, model.scorer.spec, self.limits,
+                                                    self.decode_pool)
+                scores = await loop.run_in_executor(None, self._run_batch, model, pixels)
+            else:
+                with self.batcher.expect():
+                    pixels = await loop.run_in_executor(None, decode_uploads, files, model.scorer.spec, self.limits,
+                                                        self.decode_pool)
+                    future = self.batcher.submit(model, pixels)
+                scores = await asyncio.wrap_future(future)
+        except RequestError as exc:
+            return _error(exc)  # type: ignore[return-value]
+        return [{"id": name, "score": float(s), "model_version": model.version}
+                for (name, _), s in zip(files, scores)]
+
+    @bentoml.api
+    def info(self) -> dict[str, Any]:
+        """Model version, providers in use, input spec, batching and limits."""
+        current = self.model.current
+        return {**current.info(), "model_ref": self.model.ref.text, "reload_error": self.model.reload_error,
+                "batching": {"enabled": self.batcher is not None, "max_batch_size": SERVING.max_batch_size,
+                             "max_latency_ms": SERVING.max_latency_ms,
+                             "recent_batch_sizes": list(self.batcher.batch_sizes)[-20:] if self.batcher else []},
+                "limits": {"max_images_per_request": SERVING.max_images_per_request,
+                           "max_upload_bytes": SERVING.max_upload_bytes, "max_image_pixels": SERVING.max_image_pixels},
+                "data_roots": list(SERVING.data_roots), "pid": os.getpid()}
+
+    @bentoml.api
+    def bulk_submit(self, sources: list[str], top_n: int | None = None, job_id: str = "") -> dict[str, Any]:
+        """Start (or, with an existing ``job_id``, resume) a bulk job over server-side sources."""
+        try:
+            return self.jobs.submit(sources, self.model.current, top_n, job_id)
+        except RequestError as exc:
+            return _error(exc)  # type: ignore[return-value]
+
+    @bentoml.api
+    def bulk_status(self, job_id: str) -> dict[str, Any]:
+        """Progress of a bulk job: status, scored, skipped, images/s, output files."""
+        try:
+            return self.jobs.status(job_id)
+        except RequestError as exc:
+            return _error(exc)  # type: ignore[return-value]
+
+    @bentoml.api
+    def bulk_cancel(self, job_id: str) -> dict[str, Any]:
+        """Stop a bulk job at its next batch; what was scored stays committed (resume by resubmitting)."""
+        try:
+            return self.jobs.cancel(job_id)
+        except RequestError as exc:
+            return _error(exc)  # type: ignore[return-value]
+
+    @bentoml.api
+    def candidates(self, n: int = 20, strategy: str = "top") -> dict[str, Any]:
+        """Up to ``n`` unlabelled images ranked by the served model's scores (strategy top, uncertain, explore)."""
+        try:
+            return self.label_api.candidates(self.model.current.version, n, strategy)
+        except RequestError as exc:
+            return _error(exc)  # type: ignore[return-value]
+
+    @bentoml.api
+    def labels(self, labels: list[dict[str, Any]], ctx: bentoml.Context, key: str = "",
+               user: str = "") -> dict[str, Any]:
+        """Store a batch of labels in one transaction (all or none); ``key`` makes a re-post a no-op."""
+        try:
+            return self.label_api.post(labels, key, user, ctx.request.headers.get("authorization"))
+        except RequestError as exc:
+            ctx.response.status_code = exc.status  # with a ctx parameter BentoML takes the status from it
+            return _error(exc)  # type: ignore[return-value]
+
+    @bentoml.api
+    def retrain_status(self) -> dict[str, Any]:
+        """Retraining: idle / queued / running / failed, the last version, new labels waiting."""
+        status = self.label_api.status()
+        status["serving_version"] = self.model.current.version
+        status["watcher_in_service"] = self.watcher is not None and self.watcher.poll() is None
+        return status
+
+    @bentoml.api(route="/image")  # not a method named ``image``: BentoML's service has that attribute
+    def fetch_image(self, image_id: str, png: bool = False) -> bytes:
+        """The original file of a registered image (``png``: rendered as PNG at its own resolution), sent
+        with its media type and file name (a ``Response``: BentoML passes it through)."""
+        try:
+            found = self.label_api.image(image_id, png)
+        except RequestError as exc:
+            return _error(exc)  # type: ignore[return-value]
+        headers = {"content-disposition": f'attachment; filename="{found.filename}"'}
+        return Response(found.data, media_type=found.media_type, headers=headers)  # type: ignore[return-value]
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        if self.watcher is not None:
+            stop_watcher(self.watcher)
+        self.label_api.close()
+        self.jobs.close()
+        if self.batcher is not None:
+            self.batcher.close()
+        self.model.close()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+AnomalyMatchService.add_asgi_middleware(RequestSizeLimit, max_bytes=SERVING.max_upload_bytes)
