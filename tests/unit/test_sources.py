@@ -202,3 +202,22 @@ def test_symlinked_folders_are_followed_once(tmp_path, make_image_folder):
     source = open_source(root)
     assert source.ids == ["a.png", "linked/b.png"]
     assert [i for i, _ in source.unsupported] == ["loop/"]
+
+
+def test_compressed_hdf5_rows_read_through_a_chunk_cache_that_holds_whole_chunks(tmp_path):
+    import h5py
+
+    from anomalymatch.hdf5 import chunk_cache_bytes
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(70, 40, 40, 3), dtype=np.uint8)
+    path = tmp_path / "lzf.h5"
+    with h5py.File(path, "w") as f:
+        big = f.create_dataset("images", data=images, chunks=(64, 40, 40, 3), compression="lzf")
+        assert chunk_cache_bytes(big) == 4 * 64 * 40 * 40 * 3  # four chunks
+        assert chunk_cache_bytes(f.create_dataset("flat", data=images[:2])) == 1 << 20  # contiguous: default
+        huge = f.create_dataset("huge", shape=(64, 2048, 2048, 3), dtype=np.uint8, chunks=(64, 2048, 2048, 3))
+        assert chunk_cache_bytes(huge) == 256 << 20  # capped
+    with open_source(path, images="images") as source:
+        assert np.array_equal(source.read_at(65), images[65]) and np.array_equal(source.read_at(3), images[3])
+        assert source._pool._all[0].file.id.get_access_plist().get_cache()[2] == 4 * 64 * 40 * 40 * 3
