@@ -31,6 +31,7 @@ class FixMatchConfig:
     weight_decay: float = 7.5e-4
     nesterov: bool = True
     ema_decay: float = 0.99
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t)) at step t: the EMA follows early training
     oversample: bool = True
     hflip: bool = True
     vflip: bool = True

@@ -12,23 +12,31 @@ class ModelEMA:
 
     Floating-point parameters and buffers are averaged; integer buffers (BatchNorm's
     ``num_batches_tracked``) are copied. The copy stays in eval mode and needs no gradients.
+    With ``warmup`` the decay at step ``t`` is ``min(decay, (1 + t) / (10 + t))``: in a short first
+    cycle a plain 0.99 EMA is still mostly the initial (random-head) weights (0.99**60 = 55% after 60
+    steps); warmed up, it tracks the trained weights from the start and reaches ``decay`` at t = 890.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1.0 + step) / (10.0 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int = 0) -> None:
+        """Average in ``model``'s weights; ``step`` (steps taken before this one) sets the warmup decay."""
+        decay = self.decay_at(step)
         model_state = model.state_dict()
         for name, ema_value in self.module.state_dict().items():
             value = model_state[name].detach()
             if ema_value.dtype.is_floating_point:
-                ema_value.mul_(self.decay).add_(value, alpha=1.0 - self.decay)
+                ema_value.mul_(decay).add_(value, alpha=1.0 - decay)
             else:
                 ema_value.copy_(value)
 

@@ -58,7 +58,7 @@ class FixMatchTrainer:
             torch.set_num_threads(cfg.threads)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.ema = ModelEMA(self.model, cfg.ema_decay)
+        self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
@@ -111,7 +111,7 @@ class FixMatchTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         self.optimizer.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.iteration)
         self.iteration += 1
         return StepStats(
             iteration=self.iteration,

@@ -88,6 +88,19 @@ def test_ema_averages_parameters_and_batchnorm_buffers():
     assert all(not p.requires_grad for p in ema.module.parameters())
 
 
+def test_ema_warmup_follows_early_training_then_reaches_the_decay():
+    ema = ModelEMA(_Net(), decay=0.99, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(890) == pytest.approx(0.99) and ema.decay_at(10_000) == 0.99
+    assert ModelEMA(_Net(), decay=0.99).decay_at(0) == 0.99  # off by default: the paper's plain EMA
+    model = _Net()
+    before = copy.deepcopy(ema.state_dict())
+    with torch.no_grad():
+        model.lin.weight.copy_(before["lin.weight"] + 1.0)
+    ema.update(model, step=0)
+    assert torch.allclose(ema.state_dict()["lin.weight"], before["lin.weight"] + 0.9, atol=1e-6)
+
+
 def test_ema_rejects_bad_decay():
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(_Net(), decay=1.0)
