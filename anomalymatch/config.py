@@ -92,7 +92,9 @@ class RegistryConfig:
     fixed across cycles) is never trained on and is where challenger and champion are compared. A
     challenger is promoted only if its AUPRC and its precision at the top (R-precision: precision among
     the top ``n anomalies`` of the evaluation set) are not worse than the champion's by more than the
-    tolerances, on at least ``gate_min_anomalies`` held-out anomalies."""
+    tolerances, on at least ``gate_min_anomalies`` held-out anomalies; or, with ``gate_confidence`` > 0,
+    if it is worse beyond them in fewer than that share of paired bootstrap resamples (0 = the point
+    estimates alone decide)."""
 
     enabled: bool = True
     auto_promote: bool = True
@@ -100,12 +102,15 @@ class RegistryConfig:
     gate_auprc_tolerance: float = 0.02
     gate_precision_tolerance: float = 0.05
     gate_min_anomalies: int = 1
+    gate_confidence: float = 0.9
     parity_tolerance: float = 1e-4
     parity_top_k: int = 100
     parity_sample: int = 1000  # pool images scored by torch and ONNX for the parity check; 0 = all
     lock_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.gate_confidence < 1.0:
+            raise ValueError(f"registry.gate_confidence must be in [0, 1), got {self.gate_confidence}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"registry.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if min(self.gate_auprc_tolerance, self.gate_precision_tolerance, self.parity_tolerance) < 0:

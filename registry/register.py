@@ -105,7 +105,8 @@ def gate_against_champion(client, tracking_uri: str | None, name: str, champion:
         return evaluate_gate(ev.y, np.empty(0), np.empty(0), ev.ids, cfg.gate_auprc_tolerance,
                              cfg.gate_precision_tolerance, cfg.gate_min_anomalies, champion)
     return evaluate_gate(ev.y, challenger.score(ev.images), champ.score(ev.images), ev.ids,
-                         cfg.gate_auprc_tolerance, cfg.gate_precision_tolerance, cfg.gate_min_anomalies, champion)
+                         cfg.gate_auprc_tolerance, cfg.gate_precision_tolerance, cfg.gate_min_anomalies, champion,
+                         cfg.gate_confidence)
 
 
 def register_cycle(

@@ -235,6 +235,30 @@ def test_gate_metrics_and_decisions():
     assert none.decision.value == "inconclusive" and not none.passed
 
 
+def test_gate_with_confidence_reads_small_differences_as_noise_and_large_ones_as_regressions():
+    from registry.gate import worse_share
+
+    ids = np.asarray([f"x{i}" for i in range(8)], dtype=object)
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    good = np.array([0.9, 0.8, 0.3, 0.2, 0.1, 0.1, 0.05, 0.0])
+    near = good.copy()
+    near[1] = 0.25  # one anomaly below one nominal: worse on the point estimates, by one swapped pair
+    assert not evaluate_gate(y, near, good, ids).passed  # point estimates alone: blocked
+    noisy = evaluate_gate(y, near, good, ids, confidence=0.9)
+    assert noisy.passed and 0 < noisy.worse_share < 0.9 and "bootstrap resamples" in noisy.reason
+    assert worse_share(y, near, good, ids, 0.02, 0.05) == noisy.worse_share  # seeded by the ids: repeatable
+    # 300 images, 30 anomalies: a challenger that ranks the anomalies in the middle is a real regression
+    rng = np.random.default_rng(0)
+    ids = np.asarray([f"y{i:03d}" for i in range(300)], dtype=object)
+    y = np.zeros(300, dtype=np.int64)
+    y[:30] = 1
+    champion = np.where(y == 1, rng.uniform(0.6, 1.0, 300), rng.uniform(0.0, 0.7, 300))
+    challenger = np.where(y == 1, rng.uniform(0.3, 0.8, 300), rng.uniform(0.0, 0.7, 300))
+    blocked = evaluate_gate(y, challenger, champion, ids, confidence=0.9)
+    assert blocked.decision.value == "failed" and blocked.worse_share >= 0.9, blocked
+    assert evaluate_gate(y, champion, challenger, ids, confidence=0.9).decision.value == "passed"
+
+
 def test_gate_promotes_a_better_challenger_and_blocks_a_worse_one(store, images, models, first):
     uri, client, _ = store
     name = "am-gate"
