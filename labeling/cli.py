@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.action == "pull":
                 sheet = client.pull(args.out, args.n, args.strategy, args.png)
-                n = sum(1 for _ in sheet.open()) - 1
+                with sheet.open() as fh:
+                    n = sum(1 for _ in fh) - 1
                 print(f"{n} candidate(s) in {args.out / 'images'}; fill in the label column of {sheet} "
                       f"(anomaly / nominal, empty = skip), then: anomalymatch label push {sheet}")
             elif args.action == "push":

@@ -3,7 +3,7 @@
 The BentoML service calls these and turns ``RequestError`` into its HTTP status (``serving.uploads``):
 400 bad request, 401 missing or wrong token, 403 writes disabled (no token configured), 404 unknown
 image, 409 idempotency key reused, 413 too many labels, 422 unknown label value or image id (nothing of
-the batch is written). Writes need ``Authorization: Bearer <token>``; the token comes from the
+the batch is written), 503 the configured token file is missing. Writes need ``Authorization: Bearer <token>``; the token comes from the
 environment variable ``retrain.token_env`` or ``retrain.token_file``.
 
 ``start_watcher`` runs ``anomalymatch retrain --watch`` as a child process for ``retrain.in_service``:
@@ -126,7 +126,11 @@ class LabelsApi:
 
     def post(self, labels: Sequence[Mapping[str, Any]], key: str, user: str, authorization: str | None) -> dict[str, Any]:
         retrain = self.config.retrain
-        check_token(bearer_token(authorization), retrain.resolve_token(), retrain.token_env)
+        try:
+            expected = retrain.resolve_token()
+        except FileNotFoundError as exc:  # the operator's mistake, not the client's
+            raise RequestError(503, f"label writes are unavailable: {exc}") from None
+        check_token(bearer_token(authorization), expected, retrain.token_env)
         out = post_labels(self.store, labels, key, user)
         out["retrain"] = self.status()["status"]
         return out

@@ -140,7 +140,7 @@ def test_service_end_to_end(registry, images, image_dir, tmp_path):
         rows = client.score_files(svc.url, pngs[:8])
         v2 = _expected(registry, "2", images / "pngs")
         assert np.allclose([r["score"] for r in rows], [v2[p.name] for p in pngs[:8]], atol=1e-4)
-    assert svc.process.returncode is not None  # stopped cleanly with the block
+    assert svc.process.returncode in (0, -signal.SIGTERM)  # stopped by SIGTERM with the block, not killed
 
 
 def test_cli_bulk_job_killed_midway_resumes_exactly_once(registry, tmp_path):

@@ -119,6 +119,11 @@ def test_labels_api_needs_the_token_from_env_or_file(tmp_path, monkeypatch, stor
     monkeypatch.setenv("TEST_LABEL_TOKEN", "from-env")  # the environment wins over the file
     assert _status(api.post, entry, "", "", "Bearer from-file").status == 401
     assert api.post([{"image_id": "img2.png", "label": "nominal"}], "", "", "Bearer from-env")["added"] == 1
+    monkeypatch.delenv("TEST_LABEL_TOKEN")
+    token_file.unlink()  # a deleted token file is the operator's problem: 503 naming it, nothing stored
+    err = _status(api.post, [{"image_id": "img3.png", "label": "nominal"}], "", "", "Bearer from-file")
+    assert err.status == 503 and "token.txt" in err.message
+    assert "img3.png" not in api.store.current_labels().ids
     api.close()
 
 
