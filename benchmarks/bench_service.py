@@ -39,6 +39,7 @@ async def load(url: str, payloads: list[tuple[str, bytes]], clients: int, reques
 
     latencies: list[float] = []
     errors = 0
+    failures: dict[str, int] = {}
     counter = iter(range(requests))
 
     async def one_client(http: httpx.AsyncClient) -> None:
@@ -47,7 +48,12 @@ async def load(url: str, payloads: list[tuple[str, bytes]], clients: int, reques
             files = [("images", payloads[(k * per_request + j) % len(payloads)] + ("image/jpeg",))
                      for j in range(per_request)]
             t0 = time.perf_counter()
-            resp = await http.post(f"{url}/score", files=files)
+            try:
+                resp = await http.post(f"{url}/score", files=files)
+            except httpx.TransportError as exc:  # a dropped connection is an error to count, not a crash
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                errors += 1
+                continue
             latencies.append(time.perf_counter() - t0)
             errors += resp.status_code != 200
 
@@ -59,7 +65,7 @@ async def load(url: str, payloads: list[tuple[str, bytes]], clients: int, reques
     lat = np.array(latencies) * 1000
     return {"clients": clients, "images_per_request": per_request, "requests": requests, "errors": errors,
             "wall_s": round(wall, 2), "images_per_s": round(requests * per_request / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "transport_errors": failures}
 
 
 def main() -> int:
