@@ -152,19 +152,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"  retrain: version {status['last_version']} "
                   f"{'promoted' if status['last_promoted'] else 'not promoted'} ({status['last_reason']})")
             rounds.append(loop.score_archive() if status["last_promoted"] else first)
-        final_pool = loop.pool()
-        before, after = first.metrics(final_pool, class_of), rounds[-1].metrics(final_pool, class_of) if rounds else None
+        final_pool = loop.pool()  # both models are measured on the same images: those still unlabelled
         print(f"on the {len(final_pool)} images still unlabelled (of {len(start_pool)} at the start):")
-        print(f"  version {first.version}: precision@1% {before['precision_at_1pct']:.2f}, "
-              f"AUROC {before['auroc']:.3f}, AUPRC {before['auprc']:.3f}")
-        if after is not None:
-            last = rounds[-1]
-            print(f"  version {last.version}: precision@1% {after['precision_at_1pct']:.2f}, "
-                  f"AUROC {after['auroc']:.3f}, AUPRC {after['auprc']:.3f}")
+        for scores in [first] + [r for r in rounds[-1:] if r is not first]:
+            m = scores.metrics(final_pool, class_of)
+            print(f"  version {scores.version}: precision@1% {m['precision_at_1pct']:.2f}, "
+                  f"AUROC {m['auroc']:.3f}, AUPRC {m['auprc']:.3f}")
         print("top candidates now (id, score, true class):")
         for row in loop.client.candidates(n=10):
             print(f"  {row['image_id']:>10}  {row['score']:.4f}  {class_of[row['image_id']]}")
         loop.close()
+    store.close()
     print(f"service stopped (log {svc.log_path}; watcher log {home / 'retrain' / 'watcher.log'})")
     print(f"MLflow: {tracking_uri}; open the UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri}")
     print(f"registry: .venv/bin/anomalymatch registry list --data-dir {home}")

@@ -33,7 +33,7 @@ import numpy as np
 from anomalymatch.campaign_images import CampaignImages, campaign_images
 from anomalymatch.config import AppConfig
 from anomalymatch.labelstore import LabelStore
-from anomalymatch.retrain_state import RetrainState, RetrainStatus, evaluate, now_iso, read_state, state_path, write_state
+from anomalymatch.retrain_state import RetrainStatus, evaluate, now_iso, read_state, state_path, write_state
 
 log = logging.getLogger("anomalymatch.retrain")
 LOCK_FILE = "retrain.lock"

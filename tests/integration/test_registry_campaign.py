@@ -17,16 +17,7 @@ from training.model import create_model
 from training.tracking import CampaignTracker
 from training.trainer import FixMatchTrainer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: OpenMP threads contend (20x slower), one thread does not."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _labels(client, run_id, path, dst):

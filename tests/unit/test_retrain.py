@@ -11,7 +11,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
 
 from anomalymatch.campaign_images import campaign_images, setup_campaign
