@@ -23,7 +23,6 @@ _EXPORTS: dict[str, str] = {
     "resolve_model": "serving.model_ref",
     "RunningService": "serving.launch",
     "start_service": "serving.launch",
-    "score_through_service": "serving.launch",
     "ServiceError": "serving.client",
     "score_files": "serving.client",
     "score_bytes": "serving.client",

@@ -132,18 +132,3 @@ def start_service(config: AppConfig, model: str | os.PathLike | None = None,
         yield service
     finally:
         service.stop()
-
-
-def score_through_service(config: AppConfig, ids, images, model: str | os.PathLike | None = None,  # type: ignore[no-untyped-def]
-                          chunk: int = 64, concurrency: int = 4) -> tuple[list[dict], dict]:
-    """Start the service on a free port, score decoded uint8 ``images`` (N, H, W, 3) under ``ids`` through
-    it, stop it. Returns the rows (``id`` is ``<id>.png``) and the service's ``/info``. For the main job."""
-    from dataclasses import replace
-
-    from serving import client
-
-    config = config.replace(serving=replace(config.serving, port=0, reload_interval_s=0))
-    with start_service(config, model=model) as svc:
-        info = client.info(svc.url)
-        rows = client.score_arrays(svc.url, [str(i) for i in ids], images, chunk=chunk, concurrency=concurrency)
-    return rows, info
