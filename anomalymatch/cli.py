@@ -11,7 +11,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("anomalymatch.inspect", "Count and check images in folders, zips, HDF5 files or FITS files"),
     "train": ("training.cli_train", "Train a FixMatch campaign on labelled images plus an unlabelled pool"),
     "benchmark": ("training.cli_benchmark", "Run the paper's active-learning benchmark protocol"),
-    "demo": ("training.demo", "The main job: a short campaign on the FIRST radio galaxy images"),
+    "demo": ("training.demo", "The main job: the whole labelling loop (train, promote, serve, label, retrain) on FIRST radio galaxies"),
     "registry": ("registry.cli", "Model versions: list, show, promote, rollback, export ONNX"),
     "serve": ("serving.cli_serve", "Run the scoring service (BentoML, ONNX Runtime) on the champion model"),
     "score": ("serving.cli_score", "Score folders, zips or HDF5 files to resumable Parquet shards + top candidates"),

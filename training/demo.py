@@ -1,8 +1,9 @@
-"""``anomalymatch demo``, the main job on embedded defaults: a short active-learning campaign on the
-real FIRST radio galaxy images shipped inside the PyPI package ``firstgalaxydata`` (Griese et al.
-2023; 2,158 greyscale 300x300 images, classes FRI, FRII, Compact, Bent). Bent sources are the
-anomalies; a simulated expert answers from the true classes between cycles. Everything is logged to
-MLflow under the project data folder."""
+"""``anomalymatch demo``, the main job on embedded defaults: the whole labelling loop on the real FIRST
+radio galaxy images shipped inside the PyPI package ``firstgalaxydata`` (Griese et al. 2023; 2,158
+greyscale 300x300 images, classes FRI, FRII, Compact, Bent). Bent sources are the anomalies; a
+simulated expert answers from the true classes. Train and promote a first model, serve it, pull
+candidates, post labels, watch the retrain promote a new version; everything is logged to MLflow and
+kept in the label store under the project data folder."""
 from __future__ import annotations
 
 import argparse
