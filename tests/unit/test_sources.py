@@ -216,8 +216,11 @@ def test_compressed_hdf5_rows_read_through_a_chunk_cache_that_holds_whole_chunks
         big = f.create_dataset("images", data=images, chunks=(64, 40, 40, 3), compression="lzf")
         assert chunk_cache_bytes(big) == 4 * 64 * 40 * 40 * 3  # four chunks
         assert chunk_cache_bytes(f.create_dataset("flat", data=images[:2])) == 1 << 20  # contiguous: default
-        huge = f.create_dataset("huge", shape=(64, 2048, 2048, 3), dtype=np.uint8, chunks=(64, 2048, 2048, 3))
+        huge = f.create_dataset("huge", shape=(64, 2048, 2048, 3), dtype=np.uint8, chunks=(64, 2048, 2048, 3),
+                                compression="gzip")
         assert chunk_cache_bytes(huge) == 256 << 20  # capped
+        plain = f.create_dataset("plain", data=images, chunks=(64, 40, 40, 3))
+        assert chunk_cache_bytes(plain) == 1 << 20  # unfiltered chunks are read in place: no cache needed
     with open_source(path, images="images") as source:
         assert np.array_equal(source.read_at(65), images[65]) and np.array_equal(source.read_at(3), images[3])
         assert source._pool._all[0].file.id.get_access_plist().get_cache()[2] == 4 * 64 * 40 * 40 * 3
