@@ -27,10 +27,13 @@ class OnnxScorer:
     """An ONNX Runtime session over an AnomalyMatch model: ``score(uint8 NHWC) -> probabilities``.
 
     ``providers`` defaults to CUDA then CPU, whichever this onnxruntime build offers;
-    ``self.providers`` reports the ones actually in use (ONNX Runtime falls back silently)."""
+    ``self.providers`` reports the ones actually in use (ONNX Runtime falls back silently).
+    ``spinning=False`` stops ONNX Runtime's threads from spin-waiting between runs: right where decode
+    threads share the CPU (bulk jobs and the service: a 64 px bulk job on 2 cores ran 10-14% faster),
+    wrong for back-to-back inference on arrays in memory."""
 
     def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, spinning: bool = True) -> None:
         ort = _onnxruntime()
         path = Path(model_path)
         if not path.is_file():
@@ -42,6 +45,9 @@ class OnnxScorer:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
         self.providers = self.session.get_providers()
         meta = self.session.get_modelmeta().custom_metadata_map

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
               f"version {pinned}")
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, config.data_path)
     model = resolve_model(ref, tracking_uri, config.data_path / "serving" / "models", config.tracking.registered_model)
-    scorer = OnnxScorer(model.path, providers=serving.providers or None, threads=serving.threads)
+    scorer = OnnxScorer(model.path, providers=serving.providers or None, threads=serving.threads,
+                        spinning=False)  # decode threads share the CPU
     version = file_version(scorer, model.path) if model.version == "file" else model.version
     print(f"model {model.ref.text} -> version {version} on {', '.join(scorer.providers)}")
     job = BulkJob(args.source, out, scorer, version, batch_size=serving.bulk_batch_size,

@@ -37,8 +37,9 @@ class LoadedModel:
 
 
 def load_scorer(path: str | os.PathLike, version: str, providers: Sequence[str] = (), threads: int = 0) -> LoadedModel:
-    """Load and warm up (one batch of zeros) an ONNX model."""
-    scorer = OnnxScorer(path, providers=providers or None, threads=threads)
+    """Load and warm up (one batch of zeros) an ONNX model; it runs beside upload decoding, so its threads
+    do not spin-wait."""
+    scorer = OnnxScorer(path, providers=providers or None, threads=threads, spinning=False)
     size = scorer.spec.size
     scorer.score(np.zeros((1, size, size, 3), np.uint8))
     return LoadedModel(scorer, file_version(scorer, path) if version == "file" else version, Path(path))

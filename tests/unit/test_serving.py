@@ -46,6 +46,23 @@ def test_parse_model_ref_accepts_aliases_versions_and_files(tmp_path):
         parse_model_ref(str(tmp_path / "missing.onnx"))
 
 
+def test_served_scorers_do_not_spin_and_score_the_same(registry):
+    from serving.live_model import load_scorer
+
+    def spinning(scorer):
+        try:
+            return scorer.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default, which spins
+            return "default"
+
+    path = registry.onnx_paths["1"]
+    served = load_scorer(path, "1").scorer
+    default = OnnxScorer(path)
+    assert spinning(served) == "0" and spinning(default) == "default"
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(served.score(pixels), default.score(pixels))
+
+
 def test_alias_resolves_to_its_version_and_the_registered_file(registry, tmp_path):
     resolved = resolve_model("models:/anomalymatch@champion", registry.tracking_uri, tmp_path / "cache")
     assert resolved.version == "1"
