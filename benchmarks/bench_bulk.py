@@ -121,12 +121,20 @@ def bench_decode(source: Path, spec: PreprocessSpec, batch_size: int, workers: i
     return result
 
 
-def bench_bulk(scorer: OnnxScorer, source: Path, out: Path, batch_size: int, workers: int) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    t0, c0 = time.perf_counter(), time.process_time()
-    progress = BulkJob([source], out, scorer, "bench", batch_size=batch_size, workers=workers, shard_rows=4096,
-                       top_n=100).run()
-    return _timed(progress.scored, time.perf_counter() - t0, time.process_time() - c0, skipped=progress.skipped)
+def bench_bulk(scorer: OnnxScorer, source: Path, out: Path, batch_size: int, workers: int, repeats: int = 2) -> dict:
+    """Best of ``repeats`` fresh jobs, as for raw: the first job in a process also pays one-off costs
+    (ONNX Runtime's memory arena for each batch shape, opening sources) that a long job amortises; at
+    224 px over 600 images that alone halved the rate."""
+    best = None
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        progress = BulkJob([source], out, scorer, "bench", batch_size=batch_size, workers=workers, shard_rows=4096,
+                           top_n=100).run()
+        result = _timed(progress.scored, time.perf_counter() - t0, time.process_time() - c0, skipped=progress.skipped)
+        if best is None or result["images_per_s"] > best["images_per_s"]:
+            best = result
+    return best  # type: ignore[return-value]
 
 
 def bench_reference(model, source: Path, spec: PreprocessSpec, batch_size: int) -> dict:  # type: ignore[no-untyped-def]
@@ -149,7 +157,8 @@ def run_size(size: int, n: int, work: Path, batch_size: int, workers: int) -> li
     jpegs = gz1_jpegs(n)
     model_path = work / f"effnet_lite0_{size}.onnx"
     model = export_model(size, model_path)
-    scorer = OnnxScorer(model_path)
+    scorer = OnnxScorer(model_path)  # raw inference: spinning threads are fastest back to back
+    bulk_scorer = OnnxScorer(model_path, spinning=False)  # as `anomalymatch score` and the service run it
     spec = scorer.spec
     sources = {"hdf5": write_hdf5(work / f"gz1_{n}_{2 * size}px.h5", jpegs, 2 * size),
                "jpeg_folder": write_jpeg_folder(work / f"gz1_jpeg_{n}", jpegs)}
@@ -158,7 +167,7 @@ def run_size(size: int, n: int, work: Path, batch_size: int, workers: int) -> li
         preloaded = load_images(source, spec, workers=workers).images
         raw = bench_raw(scorer, preloaded, batch_size)
         decode = bench_decode(source, spec, batch_size, workers)
-        bulk = bench_bulk(scorer, source, work / f"out_{size}_{kind}", batch_size, workers)
+        bulk = bench_bulk(bulk_scorer, source, work / f"out_{size}_{kind}", batch_size, workers)
         ref = bench_reference(model, source, spec, batch_size)
         # When decoding and inference share the same CPUs, end to end cannot beat 1 / (1/raw + 1/decode)
         # in CPU-seconds: the fraction of raw ONNX that overlap alone can reach here.
