@@ -46,6 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise  # a bug: keep the traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's input (files, labels, sources, the label store): one line, exit code 1."""
+    from anomalymatch.labels import LabelError
+    from anomalymatch.labelstore import LabelStoreError
+    from anomalymatch.sources import SourceError
+    from anomalymatch.transform import DecodeError
+
+    return (LabelError, LabelStoreError, SourceError, DecodeError, FileNotFoundError)
 
 
 if __name__ == "__main__":
