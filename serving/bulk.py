@@ -231,9 +231,10 @@ class BulkJob:
                 self._run_source(m, k, source, started, done_before)
                 if self._cancel.is_set():
                     break
-            m.progress.status = "cancelled" if self._cancel.is_set() else "done"
-            if m.progress.status == "done":
-                self._write_reports(m)
+            cancelled = self._cancel.is_set()
+            if not cancelled:
+                self._write_reports(m)  # before "done": a poller that sees done finds top.csv and errors.csv
+            m.progress.status = "cancelled" if cancelled else "done"
             self._save(m)
             return m.progress
         except BaseException as exc:

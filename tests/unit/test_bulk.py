@@ -65,6 +65,19 @@ def test_bulk_job_scores_every_image_once_with_reports(scorer, folder, hdf5_file
     assert len(read_manifest(tmp_path / "out")["shards"]) >= 3
 
 
+def test_reports_exist_before_the_job_says_done(scorer, folder, tmp_path):
+    seen = []
+
+    class Watched(BulkJob):  # what a status poller would see while the reports are being written
+        def _write_reports(self, m):
+            seen.append((self.progress.status, (self.out_dir / "top.csv").exists()))
+            super()._write_reports(m)
+
+    progress = Watched([folder], tmp_path / "out", scorer, "7", batch_size=16, workers=2, top_n=5).run()
+    assert seen == [("running", False)] and progress.status == "done"
+    assert (tmp_path / "out" / "top.csv").is_file() and (tmp_path / "out" / "errors.csv").is_file()
+
+
 def test_crashed_job_resumes_without_rescoring_and_ends_exactly_once(scorer, folder, tmp_path):
     out = tmp_path / "out"
     commits = []
