@@ -18,6 +18,8 @@ demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/anomalymatch demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q
 
 clean:

@@ -4,6 +4,7 @@ The label store's campaign row holds ``{"sources": [absolute paths], "preprocess
 registered in the store, so only they can be labelled. The retraining watcher loads the campaign's images
 from these sources; the service serves the original file of a candidate from them. No torch, no mlflow.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,13 @@ class CampaignImages:
         return open_sources(list(self.sources))
 
 
-def setup_campaign(store: LabelStore, name: str, sources: Sequence[str | os.PathLike],
-                   preprocess: PreprocessSpec | None = None, notes: str = "") -> tuple[CampaignImages, int]:
+def setup_campaign(
+    store: LabelStore,
+    name: str,
+    sources: Sequence[str | os.PathLike],
+    preprocess: PreprocessSpec | None = None,
+    notes: str = "",
+) -> tuple[CampaignImages, int]:
     """Create (or reuse) campaign ``name`` over ``sources`` and register every image id in them.
     Returns the campaign and how many ids were new. A campaign of that name over other sources is refused."""
     paths = tuple(str(Path(s).expanduser().resolve()) for s in sources)
@@ -43,8 +49,10 @@ def setup_campaign(store: LabelStore, name: str, sources: Sequence[str | os.Path
     config = {"sources": list(paths), "preprocess": preprocess.to_dict() if preprocess else None}
     stored = store.create_campaign(name, config, notes=notes, exist_ok=True)
     if tuple(stored.config.get("sources", ())) != paths:
-        raise ValueError(f"campaign {name!r} already reads {stored.config.get('sources')}, not {list(paths)}; "
-                         "use another campaign name")
+        raise ValueError(
+            f"campaign {name!r} already reads {stored.config.get('sources')}, not {list(paths)}; "
+            "use another campaign name"
+        )
     with open_sources(list(paths)) as source:
         added = store.register_images(source.ids, campaign=name)
     return campaign_images(store, name), added
@@ -57,15 +65,19 @@ def campaign_images(store: LabelStore, name: str = "") -> CampaignImages:
         if len(campaigns) != 1:
             raise UnknownCampaignError(
                 f"the label store holds {len(campaigns)} campaigns ({[c.name for c in campaigns]}); "
-                "set retrain.campaign to pick one" if campaigns else
-                "the label store holds no campaign; create one with `anomalymatch retrain --setup "
-                "--campaign NAME --images SOURCE [--labels CSV]`")
+                "set retrain.campaign to pick one"
+                if campaigns
+                else "the label store holds no campaign; create one with `anomalymatch retrain --setup "
+                "--campaign NAME --images SOURCE [--labels CSV]`"
+            )
         name = campaigns[0].name
     config = store.get_campaign(name).config
     sources = config.get("sources")
     if not sources:
-        raise UnknownCampaignError(f"campaign {name!r} records no image sources; it was not created by "
-                                   "setup_campaign (`anomalymatch retrain --setup`)")
+        raise UnknownCampaignError(
+            f"campaign {name!r} records no image sources; it was not created by "
+            "setup_campaign (`anomalymatch retrain --setup`)"
+        )
     spec = config.get("preprocess")
     return CampaignImages(name, tuple(sources), PreprocessSpec.from_dict(dict(spec)) if spec else None)
 

@@ -1,5 +1,6 @@
 """The ``anomalymatch`` command line. Each verb's work lives in its own module, imported lazily so
 that ``anomalymatch inspect`` never pays for torch or mlflow."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,17 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("anomalymatch.inspect", "Count and check images in folders, zips, HDF5 files or FITS files"),
     "train": ("training.cli_train", "Train a FixMatch campaign on labelled images plus an unlabelled pool"),
     "benchmark": ("training.cli_benchmark", "Run the paper's active-learning benchmark protocol"),
-    "demo": ("training.demo", "The main job: the whole labelling loop (train, promote, serve, label, retrain) on FIRST radio galaxies"),
+    "demo": (
+        "loop.demo",
+        "The main job: the whole labelling loop (train, promote, serve, label, retrain) on FIRST radio galaxies",
+    ),
     "registry": ("registry.cli", "Model versions: list, show, promote, rollback, export ONNX"),
     "serve": ("serving.cli_serve", "Run the scoring service (BentoML, ONNX Runtime) on the champion model"),
     "score": ("serving.cli_score", "Score folders, zips or HDF5 files to resumable Parquet shards + top candidates"),
-    "retrain": ("training.cli_retrain", "Retrain the champion when new labels arrive (--watch), register, gate, promote"),
+    "retrain": (
+        "training.cli_retrain",
+        "Retrain the champion when new labels arrive (--watch), register, gate, promote",
+    ),
     "label": ("labeling.cli", "Pull candidates to label and push labels to the service; retraining status"),
 }
 
@@ -55,12 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors about the user's input (files, labels, sources, the label store): one line, exit code 1."""
+    from anomalymatch.errors import DecodeError, SourceError, TrainingInputError
     from anomalymatch.labels import LabelError
     from anomalymatch.labelstore import LabelStoreError
-    from anomalymatch.sources import SourceError
-    from anomalymatch.transform import DecodeError
 
-    return (LabelError, LabelStoreError, SourceError, DecodeError, FileNotFoundError)
+    return (LabelError, LabelStoreError, SourceError, DecodeError, TrainingInputError, FileNotFoundError)
 
 
 if __name__ == "__main__":

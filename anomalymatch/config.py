@@ -3,19 +3,22 @@
 Config flows one way: ``load_config(yaml_path, overrides)`` -> ``AppConfig`` -> each function gets only
 the fields it needs. The resolved config is logged with every run (``AppConfig.to_dict``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from anomalymatch.preprocessing import PreprocessSpec
 
 DATA_DIR_ENV = "ANOMALYMATCH_HOME"
+LABEL_TOKEN_ENV = "ANOMALYMATCH_LABEL_TOKEN"  # the default environment variable holding the label write token
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,28 @@ class FixMatchConfig:
     cutout: float = 0.5
     channels_last: bool = True
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # How the pretrained network is adapted (the detection-quality study; the paper's recipe is
+    # head_init "random", backbone_lr_scale 1, bn "train", lr_schedule "constant"):
+    head_init: str = "random"  # "linprobe": a fresh trainer starts its head from a logistic regression on
+    #                             the labelled images' embeddings (and the EMA from those weights)
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate as a share of ``lr`` (the head gets ``lr``)
+    bn: str = "train"  # "frozen": BatchNorm keeps its running statistics while training (affine still trained)
+    lr_schedule: str = "constant"  # "cosine": lr * cos(7 pi t / 16 T) over each train() call of T iterations
+    freeze_blocks: int = 0  # the stem and this many of the 7 blocks keep their pretrained weights (and BN
+    #                         statistics): no backward pass through them, so higher resolutions cost less
 
     def __post_init__(self) -> None:
+        for key, allowed in (
+            ("head_init", ("random", "linprobe")),
+            ("bn", ("train", "frozen")),
+            ("lr_schedule", ("constant", "cosine")),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not 0 <= self.freeze_blocks <= 7:
+            raise ValueError(f"fixmatch.freeze_blocks must be in 0..7, got {self.freeze_blocks}")
+        if not 0.0 <= self.backbone_lr_scale <= 1.0:
+            raise ValueError(f"fixmatch.backbone_lr_scale must be in [0, 1], got {self.backbone_lr_scale}")
         if self.batch_size < 1 or self.uratio < 0:
             raise ValueError("fixmatch.batch_size must be >= 1 and fixmatch.uratio >= 0")
         if not 0.0 <= self.threshold <= 1.0:
@@ -130,6 +153,7 @@ class ServingConfig:
     whole request body (all its files) and so each file. ``data_roots``: the only
     folders bulk jobs submitted to the service may read (none = bulk jobs refused).
     ``reload_interval_s``: how often the service checks whether the alias moved (0 = never).
+    Decoding threads (uploads and bulk jobs) are the top-level ``workers``.
     """
 
     host: str = "127.0.0.1"
@@ -143,11 +167,9 @@ class ServingConfig:
     max_image_pixels: int = 64_000_000
     data_roots: tuple[str, ...] = ()
     reload_interval_s: float = 30.0
-    decode_workers: int = 0  # 0 = one per CPU
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default
     providers: tuple[str, ...] = ()  # empty = CUDA then CPU, whichever this onnxruntime offers
     bulk_batch_size: int = 256
-    bulk_workers: int = 0  # decoding threads for bulk jobs; 0 = one per CPU
     bulk_shard_rows: int = 65_536
     top_n: int = 1000
 
@@ -168,40 +190,20 @@ class ServingConfig:
 class LabelStoreConfig:
     """The label store (anomalymatch.labelstore). ``url`` None = SQLite at ``<data_dir>/labels.db``; else a
     SQLAlchemy URL such as ``postgresql+psycopg://user:pass@host/db``. ``busy_timeout_s``: how long a writer
-    waits for another writer's lock before giving up."""
+    waits for another writer's lock before giving up.
+
+    Label writes through the service need a token: the environment variable named by ``token_env``, else
+    the first line of ``token_file``; with neither, writes are refused. (No inline token: the resolved
+    config is logged with every run.)"""
 
     url: str | None = None
     busy_timeout_s: float = 30.0
+    token_env: str = LABEL_TOKEN_ENV
+    token_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.busy_timeout_s < 0:
             raise ValueError(f"labelstore.busy_timeout_s must be >= 0, got {self.busy_timeout_s}")
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """Continuous retraining (``anomalymatch retrain --watch``) and the label endpoints.
-
-    A retrain starts once ``min_labels`` new labels arrived, or once the oldest new label has waited
-    ``max_wait_minutes`` (0 = never by time). ``campaign``: the label store campaign whose images are
-    trained on (empty = the only one). Label writes need a token: the environment variable named by
-    ``token_env``, else the first line of ``token_file``; with neither, writes are refused. (No inline
-    token: the resolved config is logged with every run.) ``in_service``: the scoring service starts the
-    watcher as a subprocess (torch stays out of the service process)."""
-
-    min_labels: int = 20
-    max_wait_minutes: float = 60.0
-    poll_s: float = 10.0
-    campaign: str = ""
-    token_env: str = "ANOMALYMATCH_LABEL_TOKEN"
-    token_file: str | None = None
-    in_service: bool = False
-    pretrained: bool = True  # no champion yet: start from ImageNet weights (False: random, for tests)
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.min_labels < 1 or self.max_wait_minutes < 0 or self.poll_s <= 0:
-            raise ValueError("retrain.min_labels must be >= 1, retrain.max_wait_minutes >= 0, retrain.poll_s > 0")
 
     def resolve_token(self) -> str:
         """The write token: the environment first, then ``token_file``; '' when neither is set."""
@@ -210,10 +212,32 @@ class RetrainConfig:
         if self.token_file:
             path = Path(self.token_file).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(f"retrain.token_file {path} does not exist; write the token into it")
+                raise FileNotFoundError(f"labelstore.token_file {path} does not exist; write the token into it")
             lines = path.read_text().splitlines()
             return lines[0].strip() if lines else ""
         return ""
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Continuous retraining (``anomalymatch retrain --watch``).
+
+    A retrain starts once ``min_labels`` new labels arrived, or once the oldest new label has waited
+    ``max_wait_minutes`` (0 = never by time). ``campaign``: the label store campaign whose images are
+    trained on (empty = the only one). ``in_service``: the scoring service starts the watcher as a
+    subprocess (torch stays out of the service process)."""
+
+    min_labels: int = 20
+    max_wait_minutes: float = 60.0
+    poll_s: float = 10.0
+    campaign: str = ""
+    in_service: bool = False
+    pretrained: bool = True  # no champion yet: start from ImageNet weights (False: random, for tests)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.min_labels < 1 or self.max_wait_minutes < 0 or self.poll_s <= 0:
+            raise ValueError("retrain.min_labels must be >= 1, retrain.max_wait_minutes >= 0, retrain.poll_s > 0")
 
 
 @dataclass(frozen=True)
@@ -227,7 +251,11 @@ class AppConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
     labelstore: LabelStoreConfig = field(default_factory=LabelStoreConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    workers: int = 0  # decode threads; 0 = one per CPU core
+    workers: int = 0  # image-decoding threads everywhere (training, uploads, bulk jobs); 0 = one per CPU
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {self.workers}")
 
     @property
     def data_path(self) -> Path:
@@ -248,19 +276,25 @@ class AppConfig:
         }
 
     def config_hash(self) -> str:
-        """SHA-256 of the resolved config minus where things are stored (same recipe, same hash)."""
+        """SHA-256 of the sections that define the training recipe (``RECIPE_SECTIONS``): same recipe, same
+        hash, whatever the storage, serving or retraining settings (the label set has its own hash)."""
         d = self.to_dict()
-        d.pop("data_dir")
-        d.pop("tracking")
-        d.pop("registry")  # gate and parity settings; the holdout shows in the label-set hash
-        d.pop("serving")  # how models are served does not change the training recipe
-        d.pop("labelstore")  # where labels are stored; the label set has its own hash
-        d.pop("retrain")  # when retraining starts, not how it trains
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps({k: d[k] for k in RECIPE_SECTIONS}, sort_keys=True).encode()).hexdigest()
 
-    def replace(self, **sections: Any) -> "AppConfig":
+    def replace(self, **sections: Any) -> AppConfig:
         return dataclasses.replace(self, **sections)
 
+
+#: The config sections that define how a model is trained, and so ``AppConfig.config_hash``.
+RECIPE_SECTIONS = ("preprocess", "fixmatch", "cycle")
+
+#: Keys that moved, with where they live now: a config file naming the old place gets told.
+_MOVED = {
+    ("serving", "decode_workers"): "workers (top level)",
+    ("serving", "bulk_workers"): "workers (top level)",
+    ("retrain", "token_env"): "labelstore.token_env",
+    ("retrain", "token_file"): "labelstore.token_file",
+}
 
 _SECTIONS = {
     "preprocess": PreprocessSpec,
@@ -276,6 +310,13 @@ _SECTIONS = {
 
 def config_from_dict(raw: Mapping[str, Any]) -> AppConfig:
     """Build an AppConfig from nested dicts, rejecting unknown keys with the list of valid ones."""
+    moved = [
+        f"{section}.{key} is now {where}"
+        for (section, key), where in _MOVED.items()
+        if isinstance(raw.get(section), Mapping) and key in raw[section]
+    ]
+    if moved:
+        raise ValueError(f"config keys moved: {'; '.join(moved)}")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key in _SECTIONS:

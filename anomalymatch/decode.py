@@ -13,6 +13,7 @@ largest factor that keeps the crop at ``DRAFT_MIN_RATIO * spec.size`` pixels or 
 resize then works from that. On the GZ1 galaxies (423 px -> 64 px) this doubles throughput with
 a mean absolute difference below 1 grey level against the full decode (see benchmarks/bench_decode.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -25,10 +26,10 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from anomalymatch.errors import DecodeError
 from anomalymatch.fits import bands_to_rgb, read_fits, stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch, PreprocessSpec
 from anomalymatch.transform import (
-    DecodeError,
     channel_last,
     crop_box,
     resize_pil,
@@ -73,9 +74,19 @@ _MAGIC: tuple[tuple[bytes, ImageFormat], ...] = (
 
 # Pillow mode -> (channels, dtype name) as stored in the file, for probe_image.
 _MODE_INFO: dict[str, tuple[int, str]] = {
-    "1": (1, "bool"), "L": (1, "uint8"), "P": (1, "uint8"), "LA": (2, "uint8"), "PA": (2, "uint8"),
-    "RGB": (3, "uint8"), "RGBA": (4, "uint8"), "CMYK": (4, "uint8"), "YCbCr": (3, "uint8"),
-    "I;16": (1, "uint16"), "I;16B": (1, "uint16"), "I;16L": (1, "uint16"), "I": (1, "int32"),
+    "1": (1, "bool"),
+    "L": (1, "uint8"),
+    "P": (1, "uint8"),
+    "LA": (2, "uint8"),
+    "PA": (2, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBA": (4, "uint8"),
+    "CMYK": (4, "uint8"),
+    "YCbCr": (3, "uint8"),
+    "I;16": (1, "uint16"),
+    "I;16B": (1, "uint16"),
+    "I;16L": (1, "uint16"),
+    "I": (1, "int32"),
     "F": (1, "float32"),
 }
 
@@ -116,8 +127,10 @@ def _gunzip(data: bytes, limit: int = MAX_GUNZIP_BYTES) -> bytes:
             part = inflater.decompress(rest, limit - size + 1)
             size += len(part)
             if size > limit:
-                raise DecodeError(f"gzip data inflates to more than {limit} bytes; decompress it yourself "
-                                  "if such a file is really meant")
+                raise DecodeError(
+                    f"gzip data inflates to more than {limit} bytes; decompress it yourself "
+                    "if such a file is really meant"
+                )
             if not inflater.eof:
                 raise DecodeError("gzip data is corrupt or truncated: the stream ends early")
             parts.append(part)
@@ -222,9 +235,7 @@ def _guarded(fmt: ImageFormat, work: Callable[[], T]) -> T:
         raise DecodeError(f"{fmt.value} decode failed: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_native(
-    data: bytes, name: str = "", fits_stretch: FitsStretch | str = FitsStretch.ASINH
-) -> np.ndarray:
+def decode_native(data: bytes, name: str = "", fits_stretch: FitsStretch | str = FitsStretch.ASINH) -> np.ndarray:
     """Decode to uint8 (H, W, 3) at the file's own resolution; ``DecodeError(reason)`` on failure."""
     stretch = FitsStretch(fits_stretch)
     data = _gunzip(bytes(data))

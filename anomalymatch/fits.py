@@ -13,21 +13,19 @@ then through a monotonic curve, then to 0..255, so brighter input never gives da
 Non-finite pixels: NaN and -inf become the plane's lowest finite value, +inf its highest; a plane
 with no finite value, or a constant plane, becomes all zeros.
 """
+
 from __future__ import annotations
 
 import io
 
 import numpy as np
 
+from anomalymatch.errors import FitsError
 from anomalymatch.preprocessing import FitsStretch
 
 PERCENTILE_LIMITS = (0.5, 99.5)
 ASINH_A = 0.1
 LOG_A = 1000.0
-
-
-class FitsError(ValueError):
-    """A FITS file holds no usable image (no image HDU with data, or an unsupported shape)."""
 
 
 def clean_nonfinite(plane: np.ndarray) -> np.ndarray:

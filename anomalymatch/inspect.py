@@ -4,6 +4,7 @@ For each source: how many images it lists, their native formats, shapes and dtyp
 decode to the model size, and every skipped or unsupported entry with its reason. Problems in
 the data are reported (exit code 0); a source that cannot be opened at all exits with code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,15 +21,21 @@ SHAPES_SHOWN = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="folder, .zip, .h5/.hdf5 file or image file (several allowed)")
+    parser.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="folder, .zip, .h5/.hdf5 file or image file (several allowed)"
+    )
     parser.add_argument("--size", type=int, default=64, help="model input size to test decoding at (default 64)")
     parser.add_argument("--crop", type=float, default=1.0, help="centre-crop fraction of the shorter side")
-    parser.add_argument("--fits-stretch", default=FitsStretch.ASINH.value, choices=[s.value for s in FitsStretch],
-                        help="display stretch for FITS and float data (default asinh)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per CPU)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="decode only the first N images of each source (all are still counted)")
+    parser.add_argument(
+        "--fits-stretch",
+        default=FitsStretch.ASINH.value,
+        choices=[s.value for s in FitsStretch],
+        help="display stretch for FITS and float data (default asinh)",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="decoding threads (default 0: one per CPU)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="decode only the first N images of each source (all are still counted)"
+    )
     parser.add_argument("--images-dataset", default=None, help="HDF5: name of the images dataset (default: auto)")
     parser.add_argument("--ids-dataset", default=None, help="HDF5: name of the ids dataset (default: auto)")
     parser.add_argument("--show", type=int, default=20, help="how many skipped entries to list (default 20)")
@@ -41,8 +48,8 @@ def _check_item(source: Any, index: int, spec: PreprocessSpec) -> tuple[str, str
     import numpy as np
 
     from anomalymatch.decode import decode_image, probe_image
-    from anomalymatch.sources import SourceReadError
-    from anomalymatch.transform import DecodeError, to_model_size
+    from anomalymatch.errors import DecodeError, SourceReadError
+    from anomalymatch.transform import to_model_size
 
     fmt, shape = "?", ""
     try:
@@ -59,12 +66,11 @@ def _check_item(source: Any, index: int, spec: PreprocessSpec) -> tuple[str, str
     return fmt, shape, ""
 
 
-def inspect_source(source: Any, spec: PreprocessSpec, workers: int | None = None,
-                   limit: int | None = None) -> dict[str, Any]:
+def inspect_source(source: Any, spec: PreprocessSpec, workers: int = 0, limit: int | None = None) -> dict[str, Any]:
     """Decode (up to ``limit``) images of ``source`` and summarise formats, shapes and failures."""
-    from anomalymatch.loader import SkipReport, default_workers, map_ordered
+    from anomalymatch.loader import SkipReport, decode_threads, map_ordered
 
-    workers = default_workers() if workers is None else max(1, workers)
+    workers = decode_threads(workers)
     count = len(source) if limit is None else min(len(source), max(0, limit))
     report = SkipReport()
     report.extend(source.unsupported)
@@ -87,9 +93,16 @@ def inspect_source(source: Any, spec: PreprocessSpec, workers: int | None = None
                 decoded += 1
     failed = len(report) - len(source.unsupported)
     return {
-        "source": source.name, "kind": source.kind, "images": len(source), "checked": count,
-        "decoded": decoded, "failed": failed, "unsupported": len(source.unsupported),
-        "size": spec.size, "formats": dict(formats.most_common()), "shapes": dict(shapes.most_common()),
+        "source": source.name,
+        "kind": source.kind,
+        "images": len(source),
+        "checked": count,
+        "decoded": decoded,
+        "failed": failed,
+        "unsupported": len(source.unsupported),
+        "size": spec.size,
+        "formats": dict(formats.most_common()),
+        "shapes": dict(shapes.most_common()),
         "skipped": [{"id": i, "reason": r} for i, r in report.items],
     }
 
@@ -97,8 +110,10 @@ def inspect_source(source: Any, spec: PreprocessSpec, workers: int | None = None
 def format_text(result: dict[str, Any], show: int) -> str:
     """Human-readable summary of one ``inspect_source`` result."""
     n, checked = result["images"], result["checked"]
-    lines = [f"{result['source']} ({result['kind']})",
-             f"  images:      {n:,}" + (f" (checked the first {checked:,})" if checked < n else "")]
+    lines = [
+        f"{result['source']} ({result['kind']})",
+        f"  images:      {n:,}" + (f" (checked the first {checked:,})" if checked < n else ""),
+    ]
     lines.append(f"  decoded:     {result['decoded']:,} of {checked:,} at {result['size']}x{result['size']}")
     lines.append(f"  failed:      {result['failed']:,}")
     lines.append(f"  unsupported: {result['unsupported']:,} (not image files, not read)")

@@ -7,6 +7,7 @@ values explicitly with ``label_map``.
 
 Row numbers in messages count the header as row 1, as a spreadsheet shows them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -85,7 +86,7 @@ class LabelTable:
         """Build from (id, label) pairs; identical repeats collapse, conflicting ones raise ``LabelError``."""
         found: dict[str, Label] = {}
         conflicts: dict[str, set[Label]] = {}
-        for n, (image_id, value) in enumerate(pairs):
+        for image_id, value in pairs:
             label = parse_label(value)
             image_id = str(image_id)
             if image_id in found and found[image_id] != label:
@@ -93,9 +94,7 @@ class LabelTable:
             found.setdefault(image_id, label)
         if conflicts:
             shown = sorted(conflicts)[:10]
-            raise LabelError(
-                f"{len(conflicts)} ids have conflicting labels, e.g. {shown}; keep one label per id"
-            )
+            raise LabelError(f"{len(conflicts)} ids have conflicting labels, e.g. {shown}; keep one label per id")
         return cls(ids=tuple(found), labels=tuple(found.values()))
 
     def __len__(self) -> int:
@@ -196,8 +195,7 @@ _FILENAME_COLUMNS = ("filename", "file", "file_name", "id", "image", "image_id",
 _LABEL_COLUMNS = ("label", "class_name", "class", "category", "target")
 
 
-def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
-                 source: Path) -> int:
+def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: Path) -> int:
     lowered = [h.lower() for h in header]
     if wanted is not None:
         if wanted in header:
@@ -299,9 +297,7 @@ def read_labels(
 
     if unknown:
         listed = "; ".join(f"{v!r} in rows {r[:5]}{'...' if len(r) > 5 else ''}" for v, r in unknown.items())
-        problems.append(
-            f"unknown label values: {listed}. Use 'anomaly' or 'nominal', or pass label_map to map them"
-        )
+        problems.append(f"unknown label values: {listed}. Use 'anomaly' or 'nominal', or pass label_map to map them")
     if ambiguous:
         problems.append(
             f"{len(ambiguous)} filenames match several source images by basename: {ambiguous[:10]}; "
@@ -320,9 +316,7 @@ def read_labels(
         elif first[name][1] != label:
             conflicts.append(f"{name!r} is {first[name][1].value} in row {first[name][0]} but {label.value} in row {n}")
     if conflicts:
-        problems.append(
-            f"{len(conflicts)} conflicting duplicates: {conflicts[:10]}; keep one label per image"
-        )
+        problems.append(f"{len(conflicts)} conflicting duplicates: {conflicts[:10]}; keep one label per image")
     if problems:
         raise LabelError(f"{source}: " + " | ".join(problems))
     return LabelTable(

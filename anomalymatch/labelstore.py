@@ -14,19 +14,20 @@ every write so concurrent writer processes queue instead of failing), PostgreSQL
 - Times are stored as fixed-width UTC ISO strings (``2024-05-01T12:00:00.000000Z``): exact, sortable and
   identical on SQLite and PostgreSQL. Naive datetimes are read as UTC.
 """
+
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
 import time as _time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
@@ -138,10 +139,12 @@ class Candidate(NamedTuple):
 
 
 _meta = sa.MetaData()
-_store_meta = sa.Table("store_meta", _meta, sa.Column("key", sa.String(64), primary_key=True),
-                       sa.Column("value", sa.Text, nullable=False))
+_store_meta = sa.Table(
+    "store_meta", _meta, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False)
+)
 _campaigns = sa.Table(
-    "campaigns", _meta,
+    "campaigns",
+    _meta,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("created_at", sa.String(32), nullable=False),
@@ -149,21 +152,24 @@ _campaigns = sa.Table(
     sa.Column("notes", sa.Text, nullable=False),
 )
 _images = sa.Table(
-    "images", _meta,
+    "images",
+    _meta,
     sa.Column("image_id", sa.String(1024), primary_key=True),
     sa.Column("basename", sa.String(1024), nullable=False, index=True),
     sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id"), nullable=True),
     sa.Column("registered_at", sa.String(32), nullable=False),
 )
 _batches = sa.Table(
-    "label_batches", _meta,
+    "label_batches",
+    _meta,
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("payload_sha256", sa.String(64), nullable=False),
     sa.Column("recorded_at", sa.String(32), nullable=False),
     sa.Column("n_entries", sa.Integer, nullable=False),
 )
 _labels = sa.Table(
-    "labels", _meta,
+    "labels",
+    _meta,
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("image_id", sa.String(1024), sa.ForeignKey("images.image_id"), nullable=False),
     sa.Column("label", sa.String(16), nullable=False),
@@ -178,7 +184,8 @@ _labels = sa.Table(
     sa.Index("ix_labels_recorded", "recorded_at"),
 )
 _scores = sa.Table(
-    "scores", _meta,
+    "scores",
+    _meta,
     sa.Column("model_version", sa.String(200), primary_key=True),
     sa.Column("image_id", sa.String(1024), primary_key=True),
     sa.Column("score", sa.Float, nullable=False),
@@ -189,16 +196,16 @@ _EVENT_KEY = ["image_id", "label", "user", "time"]
 
 def _fmt_time(value: datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_time(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def _now() -> str:
-    return _fmt_time(datetime.now(timezone.utc))
+    return _fmt_time(datetime.now(UTC))
 
 
 def _entry_time(value: datetime | str | None, where: str) -> str | None:
@@ -228,9 +235,11 @@ def _normalise(entries: Iterable[LabelEntry | Mapping[str, Any]], default_user: 
                 fields["image_id"] = fields.pop("filename")
             unknown = sorted(set(fields) - _ENTRY_FIELDS)
             if unknown or "image_id" not in fields or "label" not in fields:
-                raise BadLabelError(f"entry {n}: needs image_id and label, may have user, time, comment; "
-                                    f"unknown fields {unknown}" if unknown else
-                                    f"entry {n}: needs image_id and label, may have user, time, comment")
+                raise BadLabelError(
+                    f"entry {n}: needs image_id and label, may have user, time, comment; unknown fields {unknown}"
+                    if unknown
+                    else f"entry {n}: needs image_id and label, may have user, time, comment"
+                )
             entry = LabelEntry(**fields)
         if not isinstance(entry.image_id, str) or not entry.image_id.strip():
             raise BadLabelError(f"entry {n}: image_id must be a non-empty string, got {entry.image_id!r}")
@@ -240,12 +249,22 @@ def _normalise(entries: Iterable[LabelEntry | Mapping[str, Any]], default_user: 
             bad_values.setdefault(str(entry.label), []).append(n)
             continue
         user = entry.user or default_user or ""
-        rows.append({"image_id": entry.image_id, "label": label.value, "user": str(user),
-                     "time": _entry_time(entry.time, f"entry {n}"), "comment": str(entry.comment or "")})
+        rows.append(
+            {
+                "image_id": entry.image_id,
+                "label": label.value,
+                "user": str(user),
+                "time": _entry_time(entry.time, f"entry {n}"),
+                "comment": str(entry.comment or ""),
+            }
+        )
     if bad_values:
         listed = "; ".join(f"{v!r} (entries {p[:5]}{'...' if len(p) > 5 else ''})" for v, p in bad_values.items())
-        raise BadLabelError(f"unknown label values: {listed}; use 'anomaly' or 'nominal' ('normal' is read as "
-                            "nominal); nothing was written", values=list(bad_values))
+        raise BadLabelError(
+            f"unknown label values: {listed}; use 'anomaly' or 'nominal' ('normal' is read as "
+            "nominal); nothing was written",
+            values=list(bad_values),
+        )
     return rows
 
 
@@ -256,12 +275,20 @@ def _payload_sha256(rows: list[dict]) -> str:
 
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _record(row: Any) -> LabelRecord:
-    return LabelRecord(row.seq, row.image_id, Label(row.label), row.user, _parse_time(row.time), row.comment,
-                       _parse_time(row.recorded_at), row.batch_key)
+    return LabelRecord(
+        row.seq,
+        row.image_id,
+        Label(row.label),
+        row.user,
+        _parse_time(row.time),
+        row.comment,
+        _parse_time(row.recorded_at),
+        row.batch_key,
+    )
 
 
 def resolve_labelstore_url(config: LabelStoreConfig, data_dir: str | Path) -> str:
@@ -285,8 +312,10 @@ class LabelStore:
             else:
                 self._engine = sa.create_engine(url, pool_pre_ping=True)
         except ImportError as err:
-            raise ImportError(f"no database driver for {url.split(':', 1)[0]!r} ({err}); for PostgreSQL "
-                              "`pip install 'psycopg[binary]'` and use a postgresql+psycopg:// URL") from err
+            raise ImportError(
+                f"no database driver for {url.split(':', 1)[0]!r} ({err}); for PostgreSQL "
+                "`pip install 'psycopg[binary]'` and use a postgresql+psycopg:// URL"
+            ) from err
         self._dialect = self._engine.dialect.name
         self._transact(self._create_schema)
 
@@ -308,11 +337,16 @@ class LabelStore:
         _meta.create_all(conn)
         found = conn.execute(sa.select(_store_meta.c.value).where(_store_meta.c.key == "schema_version")).scalar()
         if found is None:
-            conn.execute(self._insert(_store_meta).values(key="schema_version", value=str(SCHEMA_VERSION))
-                         .on_conflict_do_nothing())
+            conn.execute(
+                self._insert(_store_meta)
+                .values(key="schema_version", value=str(SCHEMA_VERSION))
+                .on_conflict_do_nothing()
+            )
         elif int(found) > SCHEMA_VERSION:
-            raise LabelStoreError(f"{self.url} has label store schema {found}, newer than this code's "
-                                  f"{SCHEMA_VERSION}; upgrade anomalymatch")
+            raise LabelStoreError(
+                f"{self.url} has label store schema {found}, newer than this code's "
+                f"{SCHEMA_VERSION}; upgrade anomalymatch"
+            )
 
     def _insert(self, table: sa.Table) -> Any:
         if self._dialect == "postgresql":
@@ -352,15 +386,22 @@ class LabelStore:
         return set(wanted) - found
 
     # -- campaigns and images -------------------------------------------------------------------------------
-    def create_campaign(self, name: str, config: Mapping[str, Any] | None = None, notes: str = "",
-                        exist_ok: bool = False) -> Campaign:
+    def create_campaign(
+        self, name: str, config: Mapping[str, Any] | None = None, notes: str = "", exist_ok: bool = False
+    ) -> Campaign:
         """Record a campaign; an existing name raises unless ``exist_ok`` (then the stored one is returned)."""
+
         def work(conn: sa.Connection) -> None:
-            row = {"name": name, "created_at": _now(), "config": json.dumps(dict(config or {}), sort_keys=True),
-                   "notes": notes}
+            row = {
+                "name": name,
+                "created_at": _now(),
+                "config": json.dumps(dict(config or {}), sort_keys=True),
+                "notes": notes,
+            }
             stmt = self._insert(_campaigns).values(**row).on_conflict_do_nothing().returning(_campaigns.c.id)
             if conn.execute(stmt).first() is None and not exist_ok:
                 raise LabelStoreError(f"campaign {name!r} already exists; pick another name or pass exist_ok=True")
+
         self._transact(work)
         return self.get_campaign(name)
 
@@ -388,9 +429,11 @@ class LabelStore:
         now = _now()
         added = 0
         for chunk in _chunks(unique, 20_000):  # one transaction per chunk keeps label writers responsive
-            rows = [{"image_id": i, "basename": _basename(i), "campaign_id": campaign_id, "registered_at": now}
-                    for i in chunk]
-            added += self._transact(lambda conn: self._insert_counted(conn, _images, rows))
+            rows = [
+                {"image_id": i, "basename": _basename(i), "campaign_id": campaign_id, "registered_at": now}
+                for i in chunk
+            ]
+            added += self._transact(lambda conn, rows=rows: self._insert_counted(conn, _images, rows))
         return added
 
     def _insert_counted(self, conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
@@ -409,8 +452,9 @@ class LabelStore:
             return sorted(self._missing_ids(conn, ids))
 
     # -- labels ---------------------------------------------------------------------------------------------
-    def add_labels(self, entries: Iterable[LabelEntry | Mapping[str, Any]], key: str | None = None,
-                   user: str | None = None) -> AddResult:
+    def add_labels(
+        self, entries: Iterable[LabelEntry | Mapping[str, Any]], key: str | None = None, user: str | None = None
+    ) -> AddResult:
         """Append a batch of labels in one transaction. ``key``: client idempotency key (a repeat is a no-op);
         ``user`` fills entries without one. Raises BadLabelError / UnknownImageError, writing nothing."""
         return self._add(_normalise(entries, user), key, skip_unchanged=False)
@@ -423,13 +467,15 @@ class LabelStore:
         def work(conn: sa.Connection) -> AddResult:
             now = _now()
             if key is not None:
-                claim = self._insert(_batches).values(key=key, payload_sha256=payload, recorded_at=now,
-                                                      n_entries=len(rows))
+                claim = self._insert(_batches).values(
+                    key=key, payload_sha256=payload, recorded_at=now, n_entries=len(rows)
+                )
                 if conn.execute(claim.on_conflict_do_nothing().returning(_batches.c.key)).first() is None:
                     stored = conn.execute(sa.select(_batches.c.payload_sha256).where(_batches.c.key == key)).scalar()
                     if stored != payload:
                         raise IdempotencyConflictError(
-                            f"idempotency key {key!r} was already used for a different batch; use a new key")
+                            f"idempotency key {key!r} was already used for a different batch; use a new key"
+                        )
                     return AddResult(key, added=0, skipped=len(rows), replayed=True)
             missing = self._missing_ids(conn, (r["image_id"] for r in rows))
             if missing:
@@ -462,8 +508,15 @@ class LabelStore:
         sub = _latest(sa.true())
         with self._read() as conn:
             rows = conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.image_id)).all()
-        extra = {"user": tuple(r.user for r in rows), "time": tuple(r.time for r in rows),
-                 "comment": tuple(r.comment for r in rows)} if with_extra else {}
+        extra = (
+            {
+                "user": tuple(r.user for r in rows),
+                "time": tuple(r.time for r in rows),
+                "comment": tuple(r.comment for r in rows),
+            }
+            if with_extra
+            else {}
+        )
         return LabelTable(tuple(r.image_id for r in rows), tuple(Label(r.label) for r in rows), extra)
 
     def labelled_ids(self) -> frozenset[str]:
@@ -488,8 +541,9 @@ class LabelStore:
         """Labels stored after a sequence number (int) or a time (datetime, compared with when they were
         recorded), in sequence order: "what is new since the last training"."""
         with self._read() as conn:
-            return [_record(r) for r in conn.execute(sa.select(_labels).where(self._since(after))
-                                                     .order_by(_labels.c.seq))]
+            return [
+                _record(r) for r in conn.execute(sa.select(_labels).where(self._since(after)).order_by(_labels.c.seq))
+            ]
 
     def count_labels_since(self, after: int | datetime = 0) -> int:
         with self._read() as conn:
@@ -510,16 +564,20 @@ class LabelStore:
         if bad:
             raise LabelStoreError(f"scores must be finite; NaN/inf for {bad}")
         stmt = self._insert(_scores)
-        stmt = stmt.on_conflict_do_update(index_elements=["model_version", "image_id"],
-                                          set_={"score": stmt.excluded.score})
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["model_version", "image_id"], set_={"score": stmt.excluded.score}
+        )
         for start in range(0, len(values), 20_000):
-            rows = [{"model_version": model_version, "image_id": str(i), "score": float(s)}
-                    for i, s in zip(ids[start:start + 20_000], values[start:start + 20_000])]
-            self._transact(lambda conn: conn.execute(stmt, rows))
+            rows = [
+                {"model_version": model_version, "image_id": str(i), "score": float(s)}
+                for i, s in zip(ids[start : start + 20_000], values[start : start + 20_000])
+            ]
+            self._transact(lambda conn, rows=rows: conn.execute(stmt, rows))
         return len(values)
 
-    def import_scores_parquet(self, path: str | Path, model_version: str, id_column: str = "image_id",
-                              score_column: str = "score") -> int:
+    def import_scores_parquet(
+        self, path: str | Path, model_version: str, id_column: str = "image_id", score_column: str = "score"
+    ) -> int:
         """Bulk-load scores from a Parquet file's ``id_column`` and ``score_column``."""
         import pyarrow.parquet as pq
 
@@ -529,19 +587,22 @@ class LabelStore:
             raise LabelStoreError(f"{path}: needs columns {id_column!r} and {score_column!r}; found {names}")
         total = 0
         for batch in source.iter_batches(batch_size=50_000, columns=[id_column, score_column]):
-            total += self.add_scores(model_version, batch.column(0).to_pylist(),
-                                     batch.column(1).to_numpy(zero_copy_only=False))
+            total += self.add_scores(
+                model_version, batch.column(0).to_pylist(), batch.column(1).to_numpy(zero_copy_only=False)
+            )
         return total
 
-    def select_candidates(self, model_version: str, n: int, strategy: CandidateStrategy | str = "top",
-                          seed: int = 0) -> list[Candidate]:
+    def select_candidates(
+        self, model_version: str, n: int, strategy: CandidateStrategy | str = "top", seed: int = 0
+    ) -> list[Candidate]:
         """Up to ``n`` unlabelled images scored by ``model_version``, ranked by ``strategy``."""
         strategy = CandidateStrategy(strategy)
         if n < 0:
             raise LabelStoreError(f"select_candidates needs n >= 0, got {n}")
         unlabelled = ~sa.exists().where(_labels.c.image_id == _scores.c.image_id)
         base = sa.select(_scores.c.image_id, _scores.c.score).where(
-            _scores.c.model_version == model_version, unlabelled)
+            _scores.c.model_version == model_version, unlabelled
+        )
         with self._read() as conn:
             if strategy is CandidateStrategy.TOP:
                 rows = conn.execute(base.order_by(_scores.c.score.desc(), _scores.c.image_id).limit(n)).all()
@@ -561,9 +622,15 @@ class LabelStore:
         return [c for c in chosen if c is not None]
 
     # -- CSV ------------------------------------------------------------------------------------------------
-    def import_csv(self, path: str | Path, user: str = "", key: str | None = None,
-                   filename_column: str | None = None, label_column: str | None = None,
-                   label_map: Mapping[str, str] | None = None) -> AddResult:
+    def import_csv(
+        self,
+        path: str | Path,
+        user: str = "",
+        key: str | None = None,
+        filename_column: str | None = None,
+        label_column: str | None = None,
+        label_map: Mapping[str, str] | None = None,
+    ) -> AddResult:
         """Import a labels CSV: the reference tool's labeled_data.csv or anything ``read_labels`` reads
         (its user, time and comment columns are used when present). Filenames resolve to registered ids
         (exact, else a unique basename). Rows without a time whose image already has that label are
@@ -579,8 +646,9 @@ class LabelStore:
             bases = sorted({_basename(n) for n in names if n not in exact})
             by_base: dict[str, list[str]] = {}
             for chunk in _chunks(bases):
-                for image_id, base in conn.execute(sa.select(_images.c.image_id, _images.c.basename)
-                                                   .where(_images.c.basename.in_(chunk))):
+                for image_id, base in conn.execute(
+                    sa.select(_images.c.image_id, _images.c.basename).where(_images.c.basename.in_(chunk))
+                ):
                     by_base.setdefault(base, []).append(image_id)
         missing = [n for n in names if n not in exact and _basename(n) not in by_base]
         if missing:
@@ -591,13 +659,18 @@ class LabelStore:
         except LabelError as err:
             raise BadLabelError(str(err)) from err
         column = {k.lower(): v for k, v in table.extra.items()}
-        entries = [LabelEntry(image_id, label, user=column.get("user", ("",) * len(table))[i] or user,
-                              time=column.get("time", ("",) * len(table))[i] or None,
-                              comment=column.get("comment", ("",) * len(table))[i])
-                   for i, (image_id, label) in enumerate(zip(table.ids, table.labels))]
+        entries = [
+            LabelEntry(
+                image_id,
+                label,
+                user=column.get("user", ("",) * len(table))[i] or user,
+                time=column.get("time", ("",) * len(table))[i] or None,
+                comment=column.get("comment", ("",) * len(table))[i],
+            )
+            for i, (image_id, label) in enumerate(zip(table.ids, table.labels))
+        ]
         digest = hashlib.sha256(path.read_bytes() + b"\0" + user.encode()).hexdigest()
-        return self._add(_normalise(entries, user), key or f"csv:{digest}", skip_unchanged=True,
-                         payload=digest)
+        return self._add(_normalise(entries, user), key or f"csv:{digest}", skip_unchanged=True, payload=digest)
 
     def export_csv(self, path: str | Path, fmt: CsvFormat | str = CsvFormat.REFERENCE) -> Path:
         """Write the current labels: ``reference`` = filename,label with anomaly/normal (the reference tool's
@@ -612,8 +685,10 @@ class LabelStore:
     def export_history(self, path: str | Path) -> Path:
         """Write every stored label: seq,filename,label,user,time,comment,recorded_at,batch_key."""
         with self._read() as conn:
-            rows = [(r.seq, r.image_id, r.label, r.user, r.time, r.comment, r.recorded_at, r.batch_key or "")
-                    for r in conn.execute(sa.select(_labels).order_by(_labels.c.seq))]
+            rows = [
+                (r.seq, r.image_id, r.label, r.user, r.time, r.comment, r.recorded_at, r.batch_key or "")
+                for r in conn.execute(sa.select(_labels).order_by(_labels.c.seq))
+            ]
         header = ["seq", "filename", "label", "user", "time", "comment", "recorded_at", "batch_key"]
         return _write_csv(path, header, rows)
 
@@ -628,8 +703,9 @@ class LabelStore:
 
 def _latest(where: Any) -> Any:
     """Label rows numbered per image, newest first (``rn`` 1 = the current label)."""
-    rn = sa.func.row_number().over(partition_by=_labels.c.image_id,
-                                   order_by=(_labels.c.time.desc(), _labels.c.seq.desc()))
+    rn = sa.func.row_number().over(
+        partition_by=_labels.c.image_id, order_by=(_labels.c.time.desc(), _labels.c.seq.desc())
+    )
     return sa.select(_labels, rn.label("rn")).where(where).subquery()
 
 

@@ -6,6 +6,7 @@ in flight, so memory stays bounded however large the archive. Batches come out i
 (minus skipped items) and hold ``batch_size`` images each, except the last. A file that cannot be
 read or decoded never stops the job: its id and reason go into a ``SkipReport``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,9 +22,10 @@ from typing import TypeVar
 import numpy as np
 
 from anomalymatch.decode import decode_image
+from anomalymatch.errors import DecodeError, SourceReadError
 from anomalymatch.preprocessing import PreprocessSpec
-from anomalymatch.sources import ImageSource, SourceReadError, open_sources
-from anomalymatch.transform import DecodeError, to_model_size
+from anomalymatch.sources import ImageSource, open_sources
+from anomalymatch.transform import to_model_size
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,6 +104,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def decode_threads(workers: int | None) -> int:
+    """The ``workers`` setting as a thread count: 0 (or None) = one per CPU, 1 = the calling thread."""
+    return default_workers() if not workers else max(1, int(workers))
+
+
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int) -> Iterator[R]:
     """``map(fn, items)`` on ``workers`` threads, in order, with at most ``in_flight`` pending calls."""
     if workers <= 1:
@@ -131,14 +138,22 @@ def load_item(source: ImageSource, index: int, spec: PreprocessSpec, draft: bool
 class BatchStream(Iterator[Batch]):
     """The iterator ``iter_batches`` returns; ``.report`` holds the skipped items so far."""
 
-    def __init__(self, source: ImageSource, spec: PreprocessSpec, batch_size: int, workers: int | None,
-                 ids: Sequence[str] | None, report: SkipReport | None, progress: bool = False,
-                 draft: bool = True) -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        spec: PreprocessSpec,
+        batch_size: int,
+        workers: int,
+        ids: Sequence[str] | None,
+        report: SkipReport | None,
+        progress: bool = False,
+        draft: bool = True,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.report = report if report is not None else SkipReport()
         self.source, self.spec, self.batch_size = source, spec, batch_size
-        self.workers = default_workers() if workers is None else max(1, int(workers))
+        self.workers = decode_threads(workers)
         if ids is None:
             self.report.extend(source.unsupported)
             self.indices: list[int] = list(range(len(source)))
@@ -174,7 +189,7 @@ class BatchStream(Iterator[Batch]):
 
     def _generate(self) -> Iterator[Batch]:
         chunk = max(1, min(MAX_CHUNK, self.batch_size // (2 * self.workers)))
-        chunks = (self.indices[k:k + chunk] for k in range(0, len(self.indices), chunk))
+        chunks = (self.indices[k : k + chunk] for k in range(0, len(self.indices), chunk))
         bar = _progress_bar(len(self.indices)) if self._progress else None
         size = self.spec.size
         buffer = np.empty((self.batch_size, size, size, 3), dtype=np.uint8)
@@ -207,22 +222,33 @@ def _progress_bar(total: int):  # type: ignore[no-untyped-def]
     return tqdm(total=total, unit="img", desc="decoding")
 
 
-def iter_batches(source: ImageSource, spec: PreprocessSpec, batch_size: int = 256, workers: int | None = None,
-                 ids: Sequence[str] | None = None, report: SkipReport | None = None,
-                 progress: bool = False, draft: bool = True) -> BatchStream:
+def iter_batches(
+    source: ImageSource,
+    spec: PreprocessSpec,
+    batch_size: int = 256,
+    workers: int = 0,
+    ids: Sequence[str] | None = None,
+    report: SkipReport | None = None,
+    progress: bool = False,
+    draft: bool = True,
+) -> BatchStream:
     """Stream ``source`` (or the given ``ids`` of it, in that order) as ``Batch`` objects.
 
     Failed items, unknown ids and (for a full pass) the source's unsupported entries go to
     ``report`` (a fresh ``SkipReport`` if None, reachable as ``.report`` on the returned iterator).
-    ``workers``: decoding threads (None: one per CPU; 0 or 1: decode in the calling thread).
+    ``workers``: decoding threads, as the config's ``workers`` (0: one per CPU; 1: the calling thread).
     ``draft=False`` turns off the JPEG DCT-domain fast path (for comparisons).
     """
     return BatchStream(source, spec, batch_size, workers, ids, report, progress, draft)
 
 
-def load_images(source: ImageSource | str | os.PathLike | Sequence[str | os.PathLike], spec: PreprocessSpec,
-                ids: Sequence[str] | None = None, workers: int | None = None,
-                progress: bool = False) -> LoadResult:
+def load_images(
+    source: ImageSource | str | os.PathLike | Sequence[str | os.PathLike],
+    spec: PreprocessSpec,
+    ids: Sequence[str] | None = None,
+    workers: int = 0,
+    progress: bool = False,
+) -> LoadResult:
     """Decode a whole source (or ``ids`` of it) into one preallocated ``(N, S, S, 3)`` uint8 array.
 
     For pools that fit in memory; paths are opened (and closed again) for you.
@@ -234,7 +260,7 @@ def load_images(source: ImageSource | str | os.PathLike | Sequence[str | os.Path
         images = np.empty((len(stream), spec.size, spec.size, 3), dtype=np.uint8)
         out_ids: list[str] = []
         for batch in stream:
-            images[len(out_ids): len(out_ids) + len(batch)] = batch.images
+            images[len(out_ids) : len(out_ids) + len(batch)] = batch.images
             out_ids.extend(batch.ids)
         return LoadResult(out_ids, images[: len(out_ids)], stream.report)
     finally:

@@ -16,6 +16,7 @@ Conventions
 ``compute_metrics`` sorts once and derives every number from that one ordering, so it stays fast for
 tens of millions of scores.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """ROC, precision-recall and efficiency-curve figures for a scored pool (PNG artifacts)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,12 @@ def curve_figures(labels: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> di
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(inspected * 100, found * 100)
     ax.plot([0, 100], [0, 100], ls="--", c="grey", lw=0.8, label="random")
-    ax.set(xscale="symlog", xlabel="% of pool inspected (top scores first)", ylabel="% of anomalies found",
-           title="Efficiency curve")
+    ax.set(
+        xscale="symlog",
+        xlabel="% of pool inspected (top scores first)",
+        ylabel="% of anomalies found",
+        title="Efficiency curve",
+    )
     ax.legend(loc="lower right")
     figures["efficiency"] = fig
     for f in figures.values():

@@ -4,6 +4,7 @@ Decoding produces uint8 HWC arrays at the model size (``anomalymatch.decode`` an
 after that (scaling to [0, 1], mean/std normalisation) happens inside the model, so the spec
 below travels with every model version and nobody retypes mean/std.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,7 @@ class PreprocessSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for key in ("mean", "std"):
             if key in known:
@@ -79,5 +80,5 @@ class PreprocessSpec:
         return cls(**known)
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessSpec":
+    def from_json(cls, text: str) -> PreprocessSpec:
         return cls.from_dict(json.loads(text))

@@ -6,6 +6,7 @@ Statuses: ``idle`` (nothing due), ``queued`` (a retrain is due and starts at the
 after the running one), ``running``, ``failed`` (the last retrain failed; the champion kept serving; the
 next new label queues another try). No torch, no mlflow: the service imports this.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def state_path(data_dir: str | os.PathLike) -> Path:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_state(path: str | os.PathLike) -> RetrainState:
@@ -121,7 +122,7 @@ def pending(store: LabelStore, after_seq: int, now: datetime | None = None) -> t
     if n == 0:
         return 0, 0.0
     oldest = store.labels_since(after_seq)[0].recorded_at
-    return n, ((now or datetime.now(timezone.utc)) - oldest).total_seconds()
+    return n, ((now or datetime.now(UTC)) - oldest).total_seconds()
 
 
 def evaluate(state: RetrainState, store: LabelStore, cfg: RetrainConfig, now: datetime | None = None) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Scoring uint8 images with an exported ONNX model in ONNX Runtime: the one scorer used by
 training (pool scoring), the registry (parity checks) and serving. No torch here."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -18,8 +19,9 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError("ONNX Runtime is needed for scoring: pip install onnxruntime "
-                          "(or onnxruntime-gpu for CUDA)") from exc
+        raise ImportError(
+            "ONNX Runtime is needed for scoring: pip install onnxruntime (or onnxruntime-gpu for CUDA)"
+        ) from exc
     return onnxruntime
 
 
@@ -32,8 +34,13 @@ class OnnxScorer:
     threads share the CPU (bulk jobs and the service: a 64 px bulk job on 2 cores ran 10-14% faster),
     wrong for back-to-back inference on arrays in memory."""
 
-    def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int = 0, spinning: bool = True) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        spinning: bool = True,
+    ) -> None:
         ort = _onnxruntime()
         path = Path(model_path)
         if not path.is_file():
@@ -67,10 +74,12 @@ class OnnxScorer:
         batch_size = batch_size or self.default_batch_size
         size = self.spec.size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} "
-                             f"{images.shape}; decode with anomalymatch.sources at this model's spec")
+            raise ValueError(
+                f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} "
+                f"{images.shape}; decode with anomalymatch.sources at this model's spec"
+            )
         out = np.empty(len(images), dtype=np.float32)
         for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start:start + batch_size])
-            out[start:start + len(batch)] = self.session.run(None, {self.input_name: batch})[0]
+            batch = np.ascontiguousarray(images[start : start + batch_size])
+            out[start : start + len(batch)] = self.session.run(None, {self.input_name: batch})[0]
         return out

@@ -13,6 +13,7 @@ Policies (the same for every source, so training, scoring and serving agree):
   even ``crop=1.0`` keeps the largest centred square, so objects are never squashed), then resize
   to ``spec.size x spec.size`` with ``spec.interpolation`` (``area`` is Pillow's BOX filter).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,17 +21,9 @@ import math
 import numpy as np
 from PIL import Image
 
+from anomalymatch.errors import DecodeError
 from anomalymatch.fits import stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch, Interpolation, PreprocessSpec
-
-
-class DecodeError(ValueError):
-    """An image could not be decoded or converted; ``reason`` says why (it goes into skip reports)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
 
 PIL_RESAMPLE: dict[Interpolation, Image.Resampling] = {
     Interpolation.NEAREST: Image.Resampling.NEAREST,

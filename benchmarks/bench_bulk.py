@@ -14,6 +14,7 @@ decoding applies). Prints a markdown table and writes JSON to benchmarks/results
 
     python benchmarks/bench_bulk.py [--n64 6000] [--n224 800] [--workdir /tmp/anomalymatch_bench]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,14 @@ def export_model(size: int, path: Path):  # type: ignore[no-untyped-def]
 
 
 def _timed(n: int, wall: float, cpu: float, **extra: object) -> dict:
-    return {"images": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "images_per_s": round(n / wall, 1),
-            "images_per_cpu_s": round(n / max(cpu, 1e-9), 1), **extra}
+    return {
+        "images": n,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "images_per_s": round(n / wall, 1),
+        "images_per_cpu_s": round(n / max(cpu, 1e-9), 1),
+        **extra,
+    }
 
 
 def bench_raw(scorer: OnnxScorer, images: np.ndarray, batch_size: int, repeats: int = 2) -> dict:
@@ -129,8 +136,9 @@ def bench_bulk(scorer: OnnxScorer, source: Path, out: Path, batch_size: int, wor
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        progress = BulkJob([source], out, scorer, "bench", batch_size=batch_size, workers=workers, shard_rows=4096,
-                           top_n=100).run()
+        progress = BulkJob(
+            [source], out, scorer, "bench", batch_size=batch_size, workers=workers, shard_rows=4096, top_n=100
+        ).run()
         result = _timed(progress.scored, time.perf_counter() - t0, time.process_time() - c0, skipped=progress.skipped)
         if best is None or result["images_per_s"] > best["images_per_s"]:
             best = result
@@ -160,8 +168,10 @@ def run_size(size: int, n: int, work: Path, batch_size: int, workers: int) -> li
     scorer = OnnxScorer(model_path)  # raw inference: spinning threads are fastest back to back
     bulk_scorer = OnnxScorer(model_path, spinning=False)  # as `anomalymatch score` and the service run it
     spec = scorer.spec
-    sources = {"hdf5": write_hdf5(work / f"gz1_{n}_{2 * size}px.h5", jpegs, 2 * size),
-               "jpeg_folder": write_jpeg_folder(work / f"gz1_jpeg_{n}", jpegs)}
+    sources = {
+        "hdf5": write_hdf5(work / f"gz1_{n}_{2 * size}px.h5", jpegs, 2 * size),
+        "jpeg_folder": write_jpeg_folder(work / f"gz1_jpeg_{n}", jpegs),
+    }
     rows = []
     for kind, source in sources.items():
         preloaded = load_images(source, spec, workers=workers).images
@@ -172,10 +182,18 @@ def run_size(size: int, n: int, work: Path, batch_size: int, workers: int) -> li
         # When decoding and inference share the same CPUs, end to end cannot beat 1 / (1/raw + 1/decode)
         # in CPU-seconds: the fraction of raw ONNX that overlap alone can reach here.
         cpu_bound = 1.0 / (1.0 + raw["images_per_cpu_s"] / decode["images_per_cpu_s"])
-        row = {"size": size, "source": kind, "images": n, "raw_onnx": raw, "decode_only": decode, "bulk": bulk,
-               "reference": ref, "bulk_vs_raw": round(bulk["images_per_s"] / raw["images_per_s"], 3),
-               "shared_cpu_bound_vs_raw": round(cpu_bound, 3),
-               "bulk_vs_reference": round(bulk["images_per_s"] / ref["images_per_s"], 2)}
+        row = {
+            "size": size,
+            "source": kind,
+            "images": n,
+            "raw_onnx": raw,
+            "decode_only": decode,
+            "bulk": bulk,
+            "reference": ref,
+            "bulk_vs_raw": round(bulk["images_per_s"] / raw["images_per_s"], 3),
+            "shared_cpu_bound_vs_raw": round(cpu_bound, 3),
+            "bulk_vs_reference": round(bulk["images_per_s"] / ref["images_per_s"], 2),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -198,20 +216,31 @@ def main() -> int:
     import onnxruntime
     import torch
 
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "decode_workers": workers,
-            "batch_size": args.batch_size, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "load_avg_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version()}
+    meta = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "decode_workers": workers,
+        "batch_size": args.batch_size,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "load_avg_at_start": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
     rows = []
     for size, n in ((64, args.n64), (224, args.n224)):
         if n > 0:
             rows += run_size(size, n, work, args.batch_size, workers)
-    print("\n| size | source | images | raw ONNX img/s | decode only img/s | bulk end-to-end img/s | bulk / raw "
-          "| CPU-bound limit | reference img/s | bulk / reference |")
+    print(
+        "\n| size | source | images | raw ONNX img/s | decode only img/s | bulk end-to-end img/s | bulk / raw "
+        "| CPU-bound limit | reference img/s | bulk / reference |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['source']} | {r['images']} | {r['raw_onnx']['images_per_s']} | "
-              f"{r['decode_only']['images_per_s']} | {r['bulk']['images_per_s']} | {r['bulk_vs_raw']:.0%} | "
-              f"{r['shared_cpu_bound_vs_raw']:.0%} | {r['reference']['images_per_s']} | {r['bulk_vs_reference']}x |")
+        print(
+            f"| {r['size']} | {r['source']} | {r['images']} | {r['raw_onnx']['images_per_s']} | "
+            f"{r['decode_only']['images_per_s']} | {r['bulk']['images_per_s']} | {r['bulk_vs_raw']:.0%} | "
+            f"{r['shared_cpu_bound_vs_raw']:.0%} | {r['reference']['images_per_s']} | {r['bulk_vs_reference']}x |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")

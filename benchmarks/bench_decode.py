@@ -9,6 +9,7 @@ meaningful when other jobs share the machine; the load average at the start says
 
     python benchmarks/bench_decode.py [--data ../shared/data] [--workers 2] [--out bench.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,17 +32,24 @@ from anomalymatch.sources import ImageSource, open_source  # noqa: E402
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def time_stream(source: ImageSource, spec: PreprocessSpec, ids: list[str], workers: int,
-                batch_size: int, draft: bool = True) -> dict:
+def time_stream(
+    source: ImageSource, spec: PreprocessSpec, ids: list[str], workers: int, batch_size: int, draft: bool = True
+) -> dict:
     """Stream ``ids`` once; return counts, wall and CPU seconds, and rates."""
     load = os.getloadavg()[0]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     stream = iter_batches(source, spec, batch_size=batch_size, workers=workers, ids=ids, draft=draft)
     n = sum(len(batch) for batch in stream)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return {"images": n, "skipped": len(stream.report), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "images_per_s": round(n / wall, 1), "images_per_cpu_s": round(n / cpu, 1),
-            "load_avg_at_start": round(load, 2)}
+    return {
+        "images": n,
+        "skipped": len(stream.report),
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "images_per_s": round(n / wall, 1),
+        "images_per_cpu_s": round(n / cpu, 1),
+        "load_avg_at_start": round(load, 2),
+    }
 
 
 def draft_equivalence(source: ImageSource, ids: list[str], size: int, crop: float) -> dict:
@@ -54,21 +62,32 @@ def draft_equivalence(source: ImageSource, ids: list[str], size: int, crop: floa
         full = decode_image(data, image_id, spec, draft=False).astype(np.int16)
         diffs.append(np.abs(fast - full).ravel())
     d = np.concatenate(diffs)
-    return {"images": len(ids), "crop": crop, "mean_abs_diff": round(float(d.mean()), 3),
-            "p99_abs_diff": float(np.percentile(d, 99)), "max_abs_diff": int(d.max())}
+    return {
+        "images": len(ids),
+        "crop": crop,
+        "mean_abs_diff": round(float(d.mean()), 3),
+        "p99_abs_diff": float(np.percentile(d, 99)),
+        "max_abs_diff": int(d.max()),
+    }
 
 
 def markdown(rows: list[dict], equivalence: list[dict]) -> str:
-    lines = ["| data | size | crop | draft | workers | images | images/s | images/CPU-s | load avg |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | size | crop | draft | workers | images | images/s | images/CPU-s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['size']} | {r['crop']} | {r['draft']} | {r['workers']} | "
-                     f"{r['images']:,} | {r['images_per_s']:,.0f} | {r['images_per_cpu_s']:,.0f} | "
-                     f"{r['load_avg_at_start']} |")
+        lines.append(
+            f"| {r['name']} | {r['size']} | {r['crop']} | {r['draft']} | {r['workers']} | "
+            f"{r['images']:,} | {r['images_per_s']:,.0f} | {r['images_per_cpu_s']:,.0f} | "
+            f"{r['load_avg_at_start']} |"
+        )
     lines += ["", "| JPEG draft vs full decode (GZ1) | images | mean abs diff | p99 | max |", "|---|---|---|---|---|"]
     for e in equivalence:
-        lines.append(f"| crop {e['crop']} | {e['images']} | {e['mean_abs_diff']} | {e['p99_abs_diff']:.0f} | "
-                     f"{e['max_abs_diff']} |")
+        lines.append(
+            f"| crop {e['crop']} | {e['images']} | {e['mean_abs_diff']} | {e['p99_abs_diff']:.0f} | "
+            f"{e['max_abs_diff']} |"
+        )
     return "\n".join(lines)
 
 
@@ -85,15 +104,17 @@ def main(argv: list[str] | None = None) -> int:
 
     gz1_path, cifar_path = args.data / "gz1" / "images.zip", args.data / "cifar10" / "images.zip"
     if not gz1_path.exists():
-        print(f"GZ1 archive not found at {gz1_path}: pass --data pointing at the shared data folder",
-              file=sys.stderr)
+        print(f"GZ1 archive not found at {gz1_path}: pass --data pointing at the shared data folder", file=sys.stderr)
         return 2
     gz1 = open_source(gz1_path)
     time_stream(gz1, PreprocessSpec(size=args.size), gz1.ids[:256], args.workers, args.batch_size)  # warm-up
 
     rows = []
-    cases = [("GZ1 423px JPEG", gz1, gz1.ids, 1.0, True), ("GZ1 423px JPEG", gz1, gz1.ids, 0.5, True),
-             ("GZ1 423px JPEG", gz1, gz1.ids, 1.0, False)]
+    cases = [
+        ("GZ1 423px JPEG", gz1, gz1.ids, 1.0, True),
+        ("GZ1 423px JPEG", gz1, gz1.ids, 0.5, True),
+        ("GZ1 423px JPEG", gz1, gz1.ids, 1.0, False),
+    ]
     if cifar_path.exists():
         cifar = open_source(cifar_path)
         cases.append((f"CIFAR-10 32px JPEG (first {args.cifar_n:,})", cifar, cifar.ids[: args.cifar_n], 1.0, True))
@@ -102,17 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, source, ids, crop, draft in cases:
         spec = PreprocessSpec(size=args.size, crop=crop)
         result = time_stream(source, spec, ids, args.workers, args.batch_size, draft=draft)
-        rows.append({"name": name, "size": args.size, "crop": crop, "draft": draft, "workers": args.workers,
-                     **result})
+        rows.append({"name": name, "size": args.size, "crop": crop, "draft": draft, "workers": args.workers, **result})
         print(f"{name} crop={crop} draft={draft}: {result['images_per_s']:.0f} images/s", file=sys.stderr)
 
     sample = gz1.ids[: args.equivalence_n]
     equivalence = [draft_equivalence(gz1, sample, args.size, crop) for crop in (1.0, 0.5)]
     print(markdown(rows, equivalence))
     if args.out is not None:
-        args.out.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "throughput": rows, "draft_equivalence": equivalence}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": {
+                        "cpus": os.cpu_count(),
+                        "python": platform.python_version(),
+                        "platform": platform.platform(),
+                    },
+                    "throughput": rows,
+                    "draft_equivalence": equivalence,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

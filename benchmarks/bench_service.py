@@ -8,6 +8,7 @@ machine as the service (it takes CPU from it: quote the machine with the numbers
 
     python benchmarks/bench_service.py [--requests 400] [--size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ async def load(url: str, payloads: list[tuple[str, bytes]], clients: int, reques
     async def one_client(http: httpx.AsyncClient) -> None:
         nonlocal errors
         for k in counter:
-            files = [("images", payloads[(k * per_request + j) % len(payloads)] + ("image/jpeg",))
-                     for j in range(per_request)]
+            files = [
+                ("images", payloads[(k * per_request + j) % len(payloads)] + ("image/jpeg",))
+                for j in range(per_request)
+            ]
             t0 = time.perf_counter()
             try:
                 resp = await http.post(f"{url}/score", files=files)
@@ -63,9 +66,17 @@ async def load(url: str, payloads: list[tuple[str, bytes]], clients: int, reques
         await asyncio.gather(*(one_client(http) for _ in range(clients)))
         wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1000
-    return {"clients": clients, "images_per_request": per_request, "requests": requests, "errors": errors,
-            "wall_s": round(wall, 2), "images_per_s": round(requests * per_request / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "transport_errors": failures}
+    return {
+        "clients": clients,
+        "images_per_request": per_request,
+        "requests": requests,
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "images_per_s": round(requests * per_request / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "transport_errors": failures,
+    }
 
 
 def main() -> int:
@@ -87,29 +98,49 @@ def main() -> int:
     payloads = gz1_jpegs(256)
     rows = []
     for batching in (True, False):
-        config = load_config(None, {"data_dir": str(work / "service_home"), "serving.port": 0,
-                                    "serving.model": str(model_path), "serving.batching": batching,
-                                    "serving.max_batch_size": args.max_batch_size,
-                                    "serving.max_latency_ms": args.max_latency_ms, "serving.reload_interval_s": 0})
+        config = load_config(
+            None,
+            {
+                "data_dir": str(work / "service_home"),
+                "serving.port": 0,
+                "serving.model": str(model_path),
+                "serving.batching": batching,
+                "serving.max_batch_size": args.max_batch_size,
+                "serving.max_latency_ms": args.max_latency_ms,
+                "serving.reload_interval_s": 0,
+            },
+        )
         with start_service(config, log_path=work / "bench_service.log") as svc:
             asyncio.run(load(svc.url, payloads, 8, 64))  # warm-up
             for per_request in args.images_per_request:
                 for clients in args.clients:
-                    stats = asyncio.run(load(svc.url, payloads, clients, max(args.requests // per_request, 4 * clients),
-                                             per_request))
+                    stats = asyncio.run(
+                        load(svc.url, payloads, clients, max(args.requests // per_request, 4 * clients), per_request)
+                    )
                     sizes = client.info(svc.url)["batching"]["recent_batch_sizes"]
-                    row = {"batching": batching, **stats,
-                           "mean_batch_images": round(float(np.mean(sizes)), 1) if sizes else None}
+                    row = {
+                        "batching": batching,
+                        **stats,
+                        "mean_batch_images": round(float(np.mean(sizes)), 1) if sizes else None,
+                    }
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     print("\n| batching | images/request | clients | images/s | p50 ms | p99 ms | mean batch (images) | errors |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {'on' if r['batching'] else 'off'} | {r['images_per_request']} | {r['clients']} | {r['images_per_s']} | "
-              f"{r['p50_ms']} | {r['p99_ms']} | {r['mean_batch_images'] or '-'} | {r['errors']} |")
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "size": args.size,
-            "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms,
-            "payload": "GZ1 423x423 JPEGs (images_per_request per request)", "load_avg_at_start": round(os.getloadavg()[0], 2)}
+        print(
+            f"| {'on' if r['batching'] else 'off'} | {r['images_per_request']} | {r['clients']} | "
+            f"{r['images_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['mean_batch_images'] or '-'} | {r['errors']} |"
+        )
+    meta = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "size": args.size,
+        "max_batch_size": args.max_batch_size,
+        "max_latency_ms": args.max_latency_ms,
+        "payload": "GZ1 423x423 JPEGs (images_per_request per request)",
+        "load_avg_at_start": round(os.getloadavg()[0], 2),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")

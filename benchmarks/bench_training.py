@@ -5,6 +5,7 @@
 One iteration = 16 labelled (weak) + 80 unlabelled weak + 80 strong images, forward and backward,
 SGD step and EMA update, augmentations included. Scoring = EMA model, eval, batches of 256.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def main() -> int:
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.channels_last]
     for channels_last in modes:
         torch.manual_seed(0)
-        trainer = FixMatchTrainer(create_model(PreprocessSpec(size=args.size)),
-                                  FixMatchConfig(channels_last=channels_last), device=args.device)
+        trainer = FixMatchTrainer(
+            create_model(PreprocessSpec(size=args.size)),
+            FixMatchConfig(channels_last=channels_last),
+            device=args.device,
+        )
         trainer.train(labelled, y, pool, iterations=3)  # warm-up
         t0 = time.perf_counter()
         trainer.train(labelled, y, pool, iterations=args.iterations)
@@ -54,14 +58,24 @@ def main() -> int:
         t0 = time.perf_counter()
         trainer.score(pool[: args.pool])
         score_rate = args.pool / (time.perf_counter() - t0)
-        rows.append({"size": args.size, "channels_last": channels_last, "seconds_per_iteration": per_iteration,
-                     "score_images_per_second": score_rate, "device": str(trainer.device),
-                     "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()})
+        rows.append(
+            {
+                "size": args.size,
+                "channels_last": channels_last,
+                "seconds_per_iteration": per_iteration,
+                "score_images_per_second": score_rate,
+                "device": str(trainer.device),
+                "threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+            }
+        )
     print("| size | channels_last | s / iteration (16+80+80) | scoring images/s | device | threads |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['channels_last']} | {r['seconds_per_iteration']:.3f} | "
-              f"{r['score_images_per_second']:.0f} | {r['device']} | {r['threads']} |")
+        print(
+            f"| {r['size']} | {r['channels_last']} | {r['seconds_per_iteration']:.3f} | "
+            f"{r['score_images_per_second']:.0f} | {r['device']} | {r['threads']} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2))

@@ -7,6 +7,7 @@
 The service URL comes from --url or $ANOMALYMATCH_URL (default http://127.0.0.1:3000); the write token
 from $ANOMALYMATCH_LABEL_TOKEN or --token-file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     pull = sub.add_parser("pull", help="download candidate images and a labels.csv to fill in")
     pull.add_argument("--n", type=int, default=20, help="how many candidates (default 20)")
-    pull.add_argument("--strategy", default="top", choices=["top", "uncertain", "explore"],
-                      help="top: highest scores (default); uncertain: scores nearest 0.5; explore: random")
+    pull.add_argument(
+        "--strategy",
+        default="top",
+        choices=["top", "uncertain", "explore"],
+        help="top: highest scores (default); uncertain: scores nearest 0.5; explore: random",
+    )
     pull.add_argument("--out", type=Path, required=True, help="folder for images/ and labels.csv")
     pull.add_argument("--png", action="store_true", help="render every image as PNG (FITS, TIFF, HDF5 rows)")
     push = sub.add_parser("push", help="post the labelled rows of a labels.csv")
@@ -42,13 +47,17 @@ def run(args: argparse.Namespace) -> int:
                 sheet = client.pull(args.out, args.n, args.strategy, args.png)
                 with sheet.open() as fh:
                     n = sum(1 for _ in fh) - 1
-                print(f"{n} candidate(s) in {args.out / 'images'}; fill in the label column of {sheet} "
-                      f"(anomaly / nominal, empty = skip), then: anomalymatch label push {sheet}")
+                print(
+                    f"{n} candidate(s) in {args.out / 'images'}; fill in the label column of {sheet} "
+                    f"(anomaly / nominal, empty = skip), then: anomalymatch label push {sheet}"
+                )
             elif args.action == "push":
                 result = client.push(args.csv, user=args.user)
                 note = " (this file was already pushed)" if result.get("replayed") else ""
-                print(f"{result['added']} label(s) stored, {result['skipped']} unchanged{note}; "
-                      f"retraining: {result.get('retrain', 'unknown')}")
+                print(
+                    f"{result['added']} label(s) stored, {result['skipped']} unchanged{note}; "
+                    f"retraining: {result.get('retrain', 'unknown')}"
+                )
             else:
                 print(json.dumps(client.status(), indent=1))
         except (ServiceError, LabelError) as exc:

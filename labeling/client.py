@@ -10,8 +10,10 @@
 ``pull(out_dir)`` writes candidate images plus ``labels.csv`` (filename,label,score,rank,local_file,comment)
 to fill in; ``push(csv)`` posts the rows that have a label. A 4xx or 5xx raises ``ServiceError`` with the
 service's message. Routes (BentoML, POST with a JSON body): ``/candidates``, ``/labels``,
-``/retrain_status``, ``/image``.
+``/retrain_status``, ``/image``. The HTTP plumbing (base URL, timeout, token header, errors) is
+``anomalymatch.http_client.HttpClient``, shared with ``serving.client``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,30 +22,23 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from anomalymatch.config import LABEL_TOKEN_ENV
+from anomalymatch.http_client import HttpClient, ServiceError  # noqa: F401  (ServiceError: re-exported)
 from anomalymatch.labels import Label, LabelError, LabelTable, parse_label
 
-TOKEN_ENV = "ANOMALYMATCH_LABEL_TOKEN"
+TOKEN_ENV = LABEL_TOKEN_ENV
 URL_ENV = "ANOMALYMATCH_URL"
 DEFAULT_URL = "http://127.0.0.1:3000"
 CSV_COLUMNS = ["filename", "label", "score", "rank", "local_file", "comment"]
 CSV_NAME = "labels.csv"
 
 
-class ServiceError(RuntimeError):
-    """The service refused a request: ``status`` is the HTTP status, the message says why."""
-
-    def __init__(self, status: int, body: object) -> None:
-        message = body.get("error", body) if isinstance(body, dict) else body
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.body = status, body
-
-
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _entries(labels: Mapping[str, str | Label] | Iterable[Any] | LabelTable) -> list[dict[str, Any]]:
@@ -62,65 +57,44 @@ def _entries(labels: Mapping[str, str | Label] | Iterable[Any] | LabelTable) -> 
     return out
 
 
-class Client:
+class Client(HttpClient):
     """Talks to the service at ``url``; ``token`` (default ``$ANOMALYMATCH_LABEL_TOKEN``) is needed for labels."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
-        import httpx
-
-        self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV, "")
-        self._http = httpx.Client(timeout=timeout)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _post(self, route: str, payload: Mapping[str, Any], auth: bool = False):  # type: ignore[no-untyped-def]
-        headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
-        resp = self._http.post(f"{self.url}/{route}", json=dict(payload), headers=headers)
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = resp.text
-            if isinstance(body, list) and body and isinstance(body[0], dict):  # BentoML wraps some errors
-                body = body[0]
-            raise ServiceError(resp.status_code, body)
-        return resp
+        super().__init__(
+            url or os.environ.get(URL_ENV) or DEFAULT_URL,
+            token if token is not None else os.environ.get(TOKEN_ENV, ""),
+            timeout,
+        )
 
     # -- the endpoints ----------------------------------------------------------------------------------------
     def candidates(self, n: int = 20, strategy: str = "top") -> list[dict[str, Any]]:
         """Unlabelled images ranked by the served model: ``[{"image_id", "score", "rank", "model_version"}]``."""
-        body = self._post("candidates", {"n": n, "strategy": strategy}).json()
+        body = self.post("candidates", {"n": n, "strategy": strategy}).json()
         return [dict(row, model_version=body["model_version"]) for row in body["candidates"]]
 
-    def label(self, labels: Mapping[str, str | Label] | Iterable[Any] | LabelTable, user: str = "",
-              key: str | None = None) -> dict[str, Any]:
+    def label(
+        self, labels: Mapping[str, str | Label] | Iterable[Any] | LabelTable, user: str = "", key: str | None = None
+    ) -> dict[str, Any]:
         """Post labels in one batch (all stored or none). Entries without a time get now; ``key`` (default:
         a fresh one per call) makes a retried post a no-op."""
         entries = _entries(labels)
         for entry in entries:
             entry.setdefault("time", _utc_now())
         payload = {"labels": entries, "key": key or f"client:{uuid.uuid4().hex}", "user": user}
-        return self._post("labels", payload, auth=True).json()
+        return self.post("labels", payload, auth=True).json()
 
     def status(self) -> dict[str, Any]:
         """Retraining: ``status`` idle/queued/running/failed, ``last_version``, ``new_labels``, ``last_error``..."""
-        return self._post("retrain_status", {}).json()
+        return self.post("retrain_status", {}).json()
 
     def image(self, image_id: str, png: bool = False) -> bytes:
         """The image's original file (``png``: rendered as a PNG at its own resolution)."""
-        return self._post("image", {"image_id": image_id, "png": png}).content
+        return self.post("image", {"image_id": image_id, "png": png}).content
 
     def save_image(self, image_id: str, folder: str | os.PathLike, prefix: str = "", png: bool = False) -> Path:
         """Download one image into ``folder`` under its file name (``prefix`` keeps names unique)."""
-        resp = self._post("image", {"image_id": image_id, "png": png})
+        resp = self.post("image", {"image_id": image_id, "png": png})
         match = re.search(r'filename="([^"]+)"', resp.headers.get("content-disposition", ""))
         name = match.group(1) if match else image_id.rsplit("/", 1)[-1]
         path = Path(folder) / (prefix + re.sub(r"[^A-Za-z0-9._-]", "_", name))
@@ -137,7 +111,9 @@ class Client:
         lines = []
         for row in rows:
             local = self.save_image(row["image_id"], out / "images", f"{row['rank']:04d}_", png)
-            lines.append([row["image_id"], "", f"{row['score']:.6f}", row["rank"], local.relative_to(out).as_posix(), ""])
+            lines.append(
+                [row["image_id"], "", f"{row['score']:.6f}", row["rank"], local.relative_to(out).as_posix(), ""]
+            )
         return write_label_sheet(out / CSV_NAME, lines)
 
     def push(self, csv_path: str | os.PathLike, user: str = "", key: str | None = None) -> dict[str, Any]:
@@ -148,12 +124,12 @@ class Client:
         entries = read_label_sheet(path)
         if not entries:
             raise LabelError(f"{path}: no row has a label yet; write anomaly or nominal in the label column")
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
         for entry in entries:
             entry.setdefault("time", mtime)
         digest = hashlib.sha256(path.read_bytes() + b"\0" + user.encode()).hexdigest()
         payload = {"labels": entries, "key": key or f"sheet:{digest}", "user": user}
-        return self._post("labels", payload, auth=True).json()
+        return self.post("labels", payload, auth=True).json()
 
 
 def write_label_sheet(path: Path, rows: Iterable[list[Any]]) -> Path:
@@ -175,8 +151,9 @@ def read_label_sheet(path: str | os.PathLike) -> list[dict[str, Any]]:
         columns = {c.strip().lower(): c for c in reader.fieldnames or []}
         id_col = next((columns[c] for c in ("filename", "image_id", "id") if c in columns), None)
         if id_col is None or "label" not in columns:
-            raise LabelError(f"{path}: needs a filename (or image_id) column and a label column; "
-                             f"found {reader.fieldnames}")
+            raise LabelError(
+                f"{path}: needs a filename (or image_id) column and a label column; found {reader.fieldnames}"
+            )
         entries, problems = [], []
         for row_number, row in enumerate(reader, start=2):
             raw = (row.get(columns["label"]) or "").strip()
@@ -198,6 +175,8 @@ def read_label_sheet(path: str | os.PathLike) -> list[dict[str, Any]]:
                     entry[extra] = value
             entries.append(entry)
     if problems:
-        raise LabelError(f"{path}: " + "; ".join(problems[:20]) + ". Use 'anomaly' or 'nominal' "
-                         "('normal' is read as nominal); nothing was sent")
+        raise LabelError(
+            f"{path}: " + "; ".join(problems[:20]) + ". Use 'anomaly' or 'nominal' "
+            "('normal' is read as nominal); nothing was sent"
+        )
     return entries

@@ -10,6 +10,7 @@ brightness, contrast, channel toggles and invert. The buttons, or the keys ``a``
 lost). With ``test_set`` ({image id: label} of labelled images the model has not trained on) the current
 model's ROC and PR curves are shown too. The display transform (``adjust_image``) is plain numpy.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,13 +22,23 @@ import numpy as np
 from anomalymatch.fits import bands_to_rgb, stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch
 
-STRETCHES = {"linear": FitsStretch.MINMAX, "log": FitsStretch.LOG, "asinh": FitsStretch.ASINH,
-             "zscale": FitsStretch.ZSCALE}
+STRETCHES = {
+    "linear": FitsStretch.MINMAX,
+    "log": FitsStretch.LOG,
+    "asinh": FitsStretch.ASINH,
+    "zscale": FitsStretch.ZSCALE,
+}
 KEYS = {"a": "anomaly", "n": "nominal", "s": "skip", "b": "back"}
 
 
-def adjust_image(data: np.ndarray, stretch: str = "linear", brightness: float = 0.0, contrast: float = 1.0,
-                 channels: Sequence[bool] = (True, True, True), invert: bool = False) -> np.ndarray:
+def adjust_image(
+    data: np.ndarray,
+    stretch: str = "linear",
+    brightness: float = 0.0,
+    contrast: float = 1.0,
+    channels: Sequence[bool] = (True, True, True),
+    invert: bool = False,
+) -> np.ndarray:
     """The display transform: (H, W) or (H, W, C) values of any dtype (NaN allowed) -> uint8 (H, W, 3).
 
     Each channel is stretched on its own (``stretch``), then ``contrast`` scales around mid-grey,
@@ -70,13 +81,21 @@ def to_png(pixels: np.ndarray) -> bytes:
 class LabelWidget:
     """Label the service's candidates one by one; ``decisions`` holds what was posted ({id: label})."""
 
-    def __init__(self, client: Any, n: int = 20, strategy: str = "top", user: str = "",
-                 test_set: Mapping[str, str] | None = None, size: int = 320) -> None:
+    def __init__(
+        self,
+        client: Any,
+        n: int = 20,
+        strategy: str = "top",
+        user: str = "",
+        test_set: Mapping[str, str] | None = None,
+        size: int = 320,
+    ) -> None:
         try:
             import ipywidgets as w
         except ImportError as exc:
-            raise ImportError("the labelling widget needs ipywidgets and ipyevents: "
-                              "pip install 'anomalymatch[notebook]'") from exc
+            raise ImportError(
+                "the labelling widget needs ipywidgets and ipyevents: pip install 'anomalymatch[notebook]'"
+            ) from exc
         self.client, self.user = client, user
         self.rows = client.candidates(n, strategy)
         self.position = 0
@@ -89,8 +108,7 @@ class LabelWidget:
         self.contrast = w.FloatSlider(value=1.0, min=0.1, max=5.0, step=0.05, description="contrast")
         self.channels = [w.ToggleButton(value=True, description=c, layout=w.Layout(width="40px")) for c in "RGB"]
         self.invert = w.Checkbox(value=False, description="invert")
-        self.buttons = {action: w.Button(description=f"{action.capitalize()} ({key})")
-                        for key, action in KEYS.items()}
+        self.buttons = {action: w.Button(description=f"{action.capitalize()} ({key})") for key, action in KEYS.items()}
         self.buttons["anomaly"].button_style, self.buttons["nominal"].button_style = "danger", "success"
         for action, button in self.buttons.items():
             button.on_click(lambda _b, a=action: self.press(a))
@@ -98,8 +116,14 @@ class LabelWidget:
             control.observe(lambda _change: self.render(), names="value")
         self.roc, self.pr = w.Image(format="png"), w.Image(format="png")
         controls = w.VBox([self.stretch, self.brightness, self.contrast, w.HBox([*self.channels, self.invert])])
-        self.box = w.VBox([w.HBox([self.image, controls]), self.caption, w.HBox(list(self.buttons.values())),
-                           w.HBox([self.roc, self.pr])])
+        self.box = w.VBox(
+            [
+                w.HBox([self.image, controls]),
+                self.caption,
+                w.HBox(list(self.buttons.values())),
+                w.HBox([self.roc, self.pr]),
+            ]
+        )
         self._keyboard = self._listen_to_keys(self.box)
         if test_set:
             self.show_curves(test_set)
@@ -150,8 +174,14 @@ class LabelWidget:
         image_id = row["image_id"]
         if image_id not in self._data:
             self._data[image_id] = display_data(self.client.image(image_id), image_id)
-        return adjust_image(self._data[image_id], self.stretch.value, self.brightness.value, self.contrast.value,
-                            [c.value for c in self.channels], self.invert.value)
+        return adjust_image(
+            self._data[image_id],
+            self.stretch.value,
+            self.brightness.value,
+            self.contrast.value,
+            [c.value for c in self.channels],
+            self.invert.value,
+        )
 
     def render(self) -> None:
         pixels = self.pixels()
@@ -161,9 +191,11 @@ class LabelWidget:
         row = self.current
         self.image.value = to_png(pixels)
         done = self.decisions.get(row["image_id"], "")
-        self.caption.value = (f"<b>{row['image_id']}</b> &mdash; candidate {self.position + 1} of {len(self.rows)}, "
-                              f"score {row['score']:.4f} (model version {row.get('model_version', '?')})"
-                              + (f", labelled <i>{done}</i>" if done else ""))
+        self.caption.value = (
+            f"<b>{row['image_id']}</b> &mdash; candidate {self.position + 1} of {len(self.rows)}, "
+            f"score {row['score']:.4f} (model version {row.get('model_version', '?')})"
+            + (f", labelled <i>{done}</i>" if done else "")
+        )
 
     def show_curves(self, test_set: Mapping[str, str]) -> dict:
         """Score ``test_set``'s images with the served model; show its ROC and PR curves. Returns the figures."""
@@ -188,4 +220,3 @@ class LabelWidget:
 
         display(self.box)
         return self.box
-

@@ -2,6 +2,7 @@
 aliases ``champion``/``challenger``/``previous`` and rollback.
 
 Public names are re-exported lazily (PEP 562): importing ``registry`` pulls in neither torch nor mlflow."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,11 +28,11 @@ _EXPORTS: dict[str, str] = {
     "ImageSet": "registry.register",
     "Registration": "registry.register",
     "register_cycle": "registry.register",
-    "ResolvedModel": "registry.store",
+    "ResolvedModel": "anomalymatch.model_ref",
     "VersionInfo": "registry.store",
     "list_versions": "registry.store",
     "show_version": "registry.store",
-    "resolve_model": "registry.store",
+    "resolve_model": "anomalymatch.model_ref",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
 """``anomalymatch registry``: list, show, promote, roll back and export registered model versions."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
     from anomalymatch.config import load_config
-    from training.tracking import resolve_tracking_uri
+    from anomalymatch.model_ref import resolve_tracking_uri
 
     config = load_config(args.config, {"data_dir": args.data_dir})
-    uri = args.tracking_uri or resolve_tracking_uri(config.tracking, config.data_path)
+    uri = resolve_tracking_uri(args.tracking_uri or config.tracking.tracking_uri, config.data_path)
     return uri, args.name or config.tracking.registered_model
 
 
@@ -52,25 +53,54 @@ def _fmt(value, digits: int = 3) -> str:
 
 def format_versions(versions) -> str:
     """The `registry list` table."""
-    header = ("VERSION", "ALIASES", "PARITY", "GATE", "VS", "AUPRC", "P@TOP", "HOLDOUT", "LABELS", "ANOM",
-              "CAMPAIGN", "CYCLE", "CREATED")
+    header = (
+        "VERSION",
+        "ALIASES",
+        "PARITY",
+        "GATE",
+        "VS",
+        "AUPRC",
+        "P@TOP",
+        "HOLDOUT",
+        "LABELS",
+        "ANOM",
+        "CAMPAIGN",
+        "CYCLE",
+        "CREATED",
+    )
     rows = [header]
     for v in versions:
         hold = v.holdout
-        rows.append((v.version, ",".join(v.aliases) or "-", v.parity, v.gate, v.tags.get("gate_vs") or "-",
-                     _fmt(hold.get("auprc")), _fmt(hold.get("precision_at_top")),
-                     f"{v.tags.get('n_holdout', '-')}", v.tags.get("n_labels", "-"), v.tags.get("n_anomalies", "-"),
-                     v.tags.get("campaign", "-"), v.tags.get("cycle", "-"),
-                     time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created / 1000))))
+        rows.append(
+            (
+                v.version,
+                ",".join(v.aliases) or "-",
+                v.parity,
+                v.gate,
+                v.tags.get("gate_vs") or "-",
+                _fmt(hold.get("auprc")),
+                _fmt(hold.get("precision_at_top")),
+                f"{v.tags.get('n_holdout', '-')}",
+                v.tags.get("n_labels", "-"),
+                v.tags.get("n_anomalies", "-"),
+                v.tags.get("campaign", "-"),
+                v.tags.get("cycle", "-"),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created / 1000)),
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def format_version(v) -> str:
     """The `registry show` text."""
-    lines = [f"{v.name} version {v.version}", f"  aliases: {', '.join(v.aliases) or '-'}", f"  run: {v.run_id}",
-             f"  source: {v.source}",
-             f"  created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v.created / 1000))}"]
+    lines = [
+        f"{v.name} version {v.version}",
+        f"  aliases: {', '.join(v.aliases) or '-'}",
+        f"  run: {v.run_id}",
+        f"  source: {v.source}",
+        f"  created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v.created / 1000))}",
+    ]
     for key in sorted(v.tags):
         value = v.tags[key]
         if key in ("metrics", "gate_detail"):
@@ -83,9 +113,10 @@ def format_version(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from anomalymatch.model_ref import resolve_model
     from registry.lock import LockTimeout
     from registry.promote import PromotionError, promote_to_champion, rollback_champion
-    from registry.store import list_versions, resolve_model, show_version
+    from registry.store import list_versions, show_version
 
     uri, name = _target(args)
     cmd = args.registry_command
@@ -101,17 +132,21 @@ def run(args: argparse.Namespace) -> int:
         elif cmd == "promote":
             move = promote_to_champion(args.version, uri, name, force=args.force, reason=args.reason)
             if move.changed:
-                print(f"{name} version {move.champion} is now champion (previous: {move.previous or '-'})"
-                      + (f"; forced: {args.reason}" if args.force else ""))
+                print(
+                    f"{name} version {move.champion} is now champion (previous: {move.previous or '-'})"
+                    + (f"; forced: {args.reason}" if args.force else "")
+                )
             else:
                 print(f"{name} version {move.champion} is already champion")
         elif cmd == "rollback":
             move = rollback_champion(uri, name, reason=args.reason)
-            print(f"{name} champion rolled back from version {move.replaced or '-'} to {move.champion} "
-                  f"(previous: {move.previous or '-'})")
+            print(
+                f"{name} champion rolled back from version {move.replaced or '-'} to {move.champion} "
+                f"(previous: {move.previous or '-'})"
+            )
         elif cmd == "export":
             with tempfile.TemporaryDirectory(prefix="anomalymatch-export-") as tmp:
-                resolved = resolve_model(args.version, uri, name, dst=tmp)
+                resolved = resolve_model(args.version, uri, cache_dir=tmp, registered_model=name)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(resolved.path, args.out)
             print(f"wrote {args.out} ({name} version {resolved.version})")

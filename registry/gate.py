@@ -7,13 +7,14 @@ are few (20 images with 5 anomalies: one swapped pair moves AUPRC by 0.08), and 
 such noise as a regression would keep the first champion forever.
 
 Pure numpy: the caller scores both models on the same evaluation images and passes the scores."""
+
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Sequence
 
 import numpy as np
 
@@ -48,8 +49,9 @@ class GateResult:
         return d
 
 
-def holdout_metrics(y: Sequence[int] | np.ndarray, scores: np.ndarray,
-                    ids: Sequence[str] | np.ndarray) -> dict[str, float]:
+def holdout_metrics(
+    y: Sequence[int] | np.ndarray, scores: np.ndarray, ids: Sequence[str] | np.ndarray
+) -> dict[str, float]:
     """AUPRC and precision at the top (R-precision: the share of anomalies among the top k images,
     k = the number of anomalies), the two numbers the gate compares."""
     y = np.asarray(y, dtype=np.int64)
@@ -65,13 +67,22 @@ def _is_worse(ch: dict, cp: dict, auprc_tolerance: float, precision_tolerance: f
     if ch["auprc"] < cp["auprc"] - auprc_tolerance:
         worse.append(f"AUPRC {ch['auprc']:.3f} < champion {cp['auprc']:.3f} - {auprc_tolerance}")
     if ch["precision_at_top"] < cp["precision_at_top"] - precision_tolerance:
-        worse.append(f"precision@top {ch['precision_at_top']:.3f} < champion {cp['precision_at_top']:.3f} "
-                     f"- {precision_tolerance}")
+        worse.append(
+            f"precision@top {ch['precision_at_top']:.3f} < champion {cp['precision_at_top']:.3f} "
+            f"- {precision_tolerance}"
+        )
     return worse
 
 
-def worse_share(y: np.ndarray, challenger_scores: np.ndarray, champion_scores: np.ndarray, ids: np.ndarray,
-                auprc_tolerance: float, precision_tolerance: float, resamples: int = 1000) -> float:
+def worse_share(
+    y: np.ndarray,
+    challenger_scores: np.ndarray,
+    champion_scores: np.ndarray,
+    ids: np.ndarray,
+    auprc_tolerance: float,
+    precision_tolerance: float,
+    resamples: int = 1000,
+) -> float:
     """The share of paired bootstrap resamples (anomalies and nominal images resampled separately, both
     models on the same draw) in which the challenger is worse than the champion beyond a tolerance.
     Seeded by the evaluation ids, so the same evaluation gives the same answer."""
@@ -114,24 +125,55 @@ def evaluate_gate(
     if champion_scores is None:
         return GateResult(GateDecision.NO_CHAMPION, "no champion yet", "", n, n_pos, ch)
     if n_pos < min_anomalies or n_pos == n:
-        return GateResult(GateDecision.INCONCLUSIVE,
-                          f"{n_pos} held-out anomalies and {n - n_pos} nominal images that neither model trained on "
-                          f"(need >= {min_anomalies} and >= 1): label more, or promote with --force --reason",
-                          champion_version, n, n_pos, ch)
+        return GateResult(
+            GateDecision.INCONCLUSIVE,
+            f"{n_pos} held-out anomalies and {n - n_pos} nominal images that neither model trained on "
+            f"(need >= {min_anomalies} and >= 1): label more, or promote with --force --reason",
+            champion_version,
+            n,
+            n_pos,
+            ch,
+        )
     cp = holdout_metrics(y, champion_scores, ids)
     worse = _is_worse(ch, cp, auprc_tolerance, precision_tolerance)
-    summary = (f"AUPRC {ch['auprc']:.3f} vs {cp['auprc']:.3f}, precision@top {ch['precision_at_top']:.3f} vs "
-               f"{cp['precision_at_top']:.3f} on {n} images ({n_pos} anomalies)")
+    summary = (
+        f"AUPRC {ch['auprc']:.3f} vs {cp['auprc']:.3f}, precision@top {ch['precision_at_top']:.3f} vs "
+        f"{cp['precision_at_top']:.3f} on {n} images ({n_pos} anomalies)"
+    )
     if not worse:
         return GateResult(GateDecision.PASSED, summary, champion_version, n, n_pos, ch, cp)
     if confidence > 0:
-        share = worse_share(y, np.asarray(challenger_scores), np.asarray(champion_scores), np.asarray(ids, dtype=object),
-                            auprc_tolerance, precision_tolerance, resamples)
+        share = worse_share(
+            y,
+            np.asarray(challenger_scores),
+            np.asarray(champion_scores),
+            np.asarray(ids, dtype=object),
+            auprc_tolerance,
+            precision_tolerance,
+            resamples,
+        )
         if share < confidence:
-            return GateResult(GateDecision.PASSED, f"{summary}: worse ({'; '.join(worse)}), but only in {share:.0%} of "
-                              f"{resamples} bootstrap resamples (< {confidence:.0%}): no evidence of a regression",
-                              champion_version, n, n_pos, ch, cp, share)
-        return GateResult(GateDecision.FAILED, f"worse than champion: {'; '.join(worse)} (in {share:.0%} of "
-                          f"{resamples} bootstrap resamples)", champion_version, n, n_pos, ch, cp, share)
-    return GateResult(GateDecision.FAILED, "worse than champion: " + "; ".join(worse), champion_version,
-                      n, n_pos, ch, cp)
+            return GateResult(
+                GateDecision.PASSED,
+                f"{summary}: worse ({'; '.join(worse)}), but only in {share:.0%} of "
+                f"{resamples} bootstrap resamples (< {confidence:.0%}): no evidence of a regression",
+                champion_version,
+                n,
+                n_pos,
+                ch,
+                cp,
+                share,
+            )
+        return GateResult(
+            GateDecision.FAILED,
+            f"worse than champion: {'; '.join(worse)} (in {share:.0%} of {resamples} bootstrap resamples)",
+            champion_version,
+            n,
+            n_pos,
+            ch,
+            cp,
+            share,
+        )
+    return GateResult(
+        GateDecision.FAILED, "worse than champion: " + "; ".join(worse), champion_version, n, n_pos, ch, cp
+    )

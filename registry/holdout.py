@@ -3,10 +3,11 @@
 Because membership depends only on the id (not on the order, the cycle or the other labels), an image
 that is held out stays held out in every cycle and every campaign with the same fraction, and labels
 that arrive later fall into the slice at the same rate. No torch or mlflow here."""
+
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

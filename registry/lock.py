@@ -6,6 +6,7 @@ SQL store (primary key) and through ``mlflow server`` alike. So the lock is a re
 ``<name>.promotion-lock``: creating it acquires, deleting it releases. It works for every process and
 machine that talks to the same store. A lock older than ``stale_after`` seconds (its holder crashed) is
 broken after re-checking that it is still the same holder's."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 LOCK_SUFFIX = ".promotion-lock"
 TOKEN_TAG = "anomalymatch.lock_token"
@@ -57,8 +58,9 @@ def _delete_if_token(client, lock: str, token: str) -> None:
 
 
 @contextlib.contextmanager
-def hold_promotion_lock(client, name: str, timeout: float = 60.0, stale_after: float = 600.0,
-                        poll: float = 0.05) -> Iterator[str]:
+def hold_promotion_lock(
+    client, name: str, timeout: float = 60.0, stale_after: float = 600.0, poll: float = 0.05
+) -> Iterator[str]:
     """Hold the alias lock of registered model ``name`` for the ``with`` block; yields the lock token.
 
     Raises ``LockTimeout`` after ``timeout`` seconds of waiting, naming the holder."""
@@ -82,8 +84,10 @@ def hold_promotion_lock(client, name: str, timeout: float = 60.0, stale_after: f
             continue
         if time.monotonic() > deadline:
             owner = (held or {}).get(OWNER_TAG, "unknown")
-            raise LockTimeout(f"registered model '{name}' is locked by {owner} (registered model '{lock}') for "
-                              f"more than {timeout:.0f} s; if that process is gone, delete '{lock}' in MLflow")
+            raise LockTimeout(
+                f"registered model '{name}' is locked by {owner} (registered model '{lock}') for "
+                f"more than {timeout:.0f} s; if that process is gone, delete '{lock}' in MLflow"
+            )
         time.sleep(poll * (1.0 + uuid.uuid4().int % 100 / 100.0))
     try:
         yield token

@@ -4,6 +4,7 @@ Graph contract: input ``pixels`` uint8 (batch, size, size, 3) NHWC as decoded by
 ``anomalymatch.sources``; output ``probability`` float32 (batch,), the softmax anomaly probability.
 The model's own first module does the scaling and mean/std normalisation, so it is in the graph too.
 The preprocessing spec and the model version travel in the ONNX metadata."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, model_version: str = 
     try:
         with torch.no_grad():
             torch.onnx.export(
-                wrapper, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                wrapper,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
     finally:

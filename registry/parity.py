@@ -2,11 +2,12 @@
 
 Checked for every registered version: max |p_torch - p_onnx| <= tolerance and the same top-k ranking
 (scores closer than the tolerance count as ties). A version that fails is tagged and never promoted."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -37,26 +38,41 @@ def score_torch(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
                 out.append(torch.softmax(model(x).float(), dim=1)[:, 1].numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
 
-def compare_scores(p_torch: np.ndarray, p_onnx: np.ndarray, ids: Sequence[str] | np.ndarray,
-                   tolerance: float = 1e-4, top_k: int = 100) -> ParityResult:
+def compare_scores(
+    p_torch: np.ndarray, p_onnx: np.ndarray, ids: Sequence[str] | np.ndarray, tolerance: float = 1e-4, top_k: int = 100
+) -> ParityResult:
     """The parity verdict from two score vectors over the same images."""
     p_torch = np.asarray(p_torch, dtype=np.float64)
     p_onnx = np.asarray(p_onnx, dtype=np.float64)
     if p_torch.shape != p_onnx.shape or p_torch.ndim != 1 or len(p_torch) == 0:
-        return ParityResult(False, float("inf"), len(p_torch), top_k, False, tolerance,
-                            f"score shapes differ or are empty: torch {p_torch.shape}, onnx {p_onnx.shape}")
+        return ParityResult(
+            False,
+            float("inf"),
+            len(p_torch),
+            top_k,
+            False,
+            tolerance,
+            f"score shapes differ or are empty: torch {p_torch.shape}, onnx {p_onnx.shape}",
+        )
     ids = np.asarray(ids, dtype=object)
     if not (np.isfinite(p_onnx).all() and np.isfinite(p_torch).all()):
         n_bad = int((~np.isfinite(p_onnx)).sum() + (~np.isfinite(p_torch)).sum())
-        return ParityResult(False, float("inf"), len(ids), min(top_k, len(ids)), False, tolerance,
-                            f"{n_bad} non-finite score(s) (NaN or inf)")
+        return ParityResult(
+            False,
+            float("inf"),
+            len(ids),
+            min(top_k, len(ids)),
+            False,
+            tolerance,
+            f"{n_bad} non-finite score(s) (NaN or inf)",
+        )
     max_diff = float(np.max(np.abs(p_torch - p_onnx)))
     k = min(top_k, len(ids))
     top_t = rank_order(p_torch, ids)[:k]
@@ -68,14 +84,21 @@ def compare_scores(p_torch: np.ndarray, p_onnx: np.ndarray, ids: Sequence[str] |
     if max_diff > tolerance:
         problems.append(f"max |p_torch - p_onnx| = {max_diff:.3g} > {tolerance:g}")
     if swapped.any():
-        problems.append(f"top-{k} ranking differs at {int(swapped.sum())} position(s), first at rank "
-                        f"{int(np.argmax(swapped)) + 1}")
+        problems.append(
+            f"top-{k} ranking differs at {int(swapped.sum())} position(s), first at rank {int(np.argmax(swapped)) + 1}"
+        )
     reason = "; ".join(problems) or f"max |p_torch - p_onnx| = {max_diff:.3g} on {len(ids)} images, same top-{k}"
     return ParityResult(not problems, max_diff, len(ids), k, identical, tolerance, reason)
 
 
-def check_parity(model, onnx_path: str | os.PathLike, images: np.ndarray, ids: Sequence[str] | np.ndarray,
-                 tolerance: float = 1e-4, top_k: int = 100) -> ParityResult:
+def check_parity(
+    model,
+    onnx_path: str | os.PathLike,
+    images: np.ndarray,
+    ids: Sequence[str] | np.ndarray,
+    tolerance: float = 1e-4,
+    top_k: int = 100,
+) -> ParityResult:
     """Score ``images`` with the torch ``model`` and with the ONNX file in ONNX Runtime (CPU) and compare."""
     from anomalymatch.scoring import OnnxScorer
 
@@ -83,7 +106,14 @@ def check_parity(model, onnx_path: str | os.PathLike, images: np.ndarray, ids: S
         raise ValueError("check_parity needs at least one real image")
     scorer = OnnxScorer(onnx_path, providers=["CPUExecutionProvider"])
     if scorer.spec != model.spec:
-        return ParityResult(False, float("inf"), len(images), top_k, False, tolerance,
-                            f"preprocessing spec in the ONNX metadata {scorer.spec.to_json()} differs from the "
-                            f"model's {model.spec.to_json()}")
+        return ParityResult(
+            False,
+            float("inf"),
+            len(images),
+            top_k,
+            False,
+            tolerance,
+            f"preprocessing spec in the ONNX metadata {scorer.spec.to_json()} differs from the "
+            f"model's {model.spec.to_json()}",
+        )
     return compare_scores(score_torch(model, images), scorer.score(images), ids, tolerance, top_k)

@@ -3,14 +3,32 @@
 ``champion`` is the served version, ``previous`` the champion it replaced (where ``rollback`` goes),
 ``challenger`` the latest version that passed parity. Each promoted version records the champion it
 replaced (``replaced_version``), so rollbacks can walk back more than one step."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from registry.store import (CHALLENGER, CHAMPION, DEFAULT_NAME, FORCED, GATE, GATE_REASON, GATE_VS, PARITY,
-                            PARITY_DETAIL, PASSED, PREVIOUS, PROMOTED_AT, PROMOTION_REASON, REPLACED, ROLLED_BACK_AT,
-                            get_aliases, get_version, mlflow_client)
+from registry.store import (
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_NAME,
+    FORCED,
+    GATE,
+    GATE_REASON,
+    GATE_VS,
+    PARITY,
+    PARITY_DETAIL,
+    PASSED,
+    PREVIOUS,
+    PROMOTED_AT,
+    PROMOTION_REASON,
+    REPLACED,
+    ROLLED_BACK_AT,
+    get_aliases,
+    get_version,
+    mlflow_client,
+)
 
 GATE_OK = ("passed", "no_champion")
 
@@ -34,28 +52,36 @@ def _now() -> str:
 def _verify(client, name: str, champion: str, previous: str) -> None:
     aliases = get_aliases(client, name)
     if aliases.get(CHAMPION) != champion or aliases.get(PREVIOUS, "") != previous:
-        raise RuntimeError(f"alias move on '{name}' not as written: expected champion={champion} "
-                           f"previous={previous or '-'}, found {aliases}; another client wrote aliases without the "
-                           "promotion lock")
+        raise RuntimeError(
+            f"alias move on '{name}' not as written: expected champion={champion} "
+            f"previous={previous or '-'}, found {aliases}; another client wrote aliases without the "
+            "promotion lock"
+        )
 
 
 def check_promotable(mv, current: str | None, force: bool) -> None:
     """Raise PromotionError unless version ``mv`` may become champion over ``current``."""
     tags = mv.tags or {}
     if tags.get(PARITY) != PASSED:
-        raise PromotionError(f"version {mv.version} failed the torch-vs-ONNX parity check "
-                             f"({tags.get(PARITY_DETAIL, tags.get(PARITY, 'not checked'))}); it can never be promoted, "
-                             "not even with --force")
+        raise PromotionError(
+            f"version {mv.version} failed the torch-vs-ONNX parity check "
+            f"({tags.get(PARITY_DETAIL, tags.get(PARITY, 'not checked'))}); it can never be promoted, "
+            "not even with --force"
+        )
     if force:
         return
     gate, gate_vs = tags.get(GATE, "not evaluated"), tags.get(GATE_VS, "")
     if gate not in GATE_OK:
-        raise PromotionError(f"version {mv.version} did not pass the gate against version {gate_vs or '-'}: "
-                             f"{gate} ({tags.get(GATE_REASON, '')}); promote anyway with --force --reason TEXT")
+        raise PromotionError(
+            f"version {mv.version} did not pass the gate against version {gate_vs or '-'}: "
+            f"{gate} ({tags.get(GATE_REASON, '')}); promote anyway with --force --reason TEXT"
+        )
     if (gate_vs or None) != current:
-        raise PromotionError(f"version {mv.version}'s gate was evaluated against "
-                             f"{'version ' + gate_vs if gate_vs else 'no champion'}, but the champion is now "
-                             f"{current}; register a new cycle or promote with --force --reason TEXT")
+        raise PromotionError(
+            f"version {mv.version}'s gate was evaluated against "
+            f"{'version ' + gate_vs if gate_vs else 'no champion'}, but the champion is now "
+            f"{current}; register a new cycle or promote with --force --reason TEXT"
+        )
 
 
 def move_champion_locked(client, name: str, version: str, reason: str, forced: bool) -> AliasMove:
@@ -66,15 +92,25 @@ def move_champion_locked(client, name: str, version: str, reason: str, forced: b
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current)
     client.set_registered_model_alias(name, CHAMPION, version)
-    for key, value in {PROMOTED_AT: _now(), PROMOTION_REASON: reason or "gate passed", FORCED: str(forced).lower(),
-                       REPLACED: current or ""}.items():
+    for key, value in {
+        PROMOTED_AT: _now(),
+        PROMOTION_REASON: reason or "gate passed",
+        FORCED: str(forced).lower(),
+        REPLACED: current or "",
+    }.items():
         client.set_model_version_tag(name, version, key, value)
     _verify(client, name, version, current or "")
     return AliasMove(version, current or "", current or "", True)
 
 
-def promote_to_champion(version: str | int, tracking_uri: str | None = None, name: str = DEFAULT_NAME,
-                        force: bool = False, reason: str = "", lock_timeout: float = 60.0) -> AliasMove:
+def promote_to_champion(
+    version: str | int,
+    tracking_uri: str | None = None,
+    name: str = DEFAULT_NAME,
+    force: bool = False,
+    reason: str = "",
+    lock_timeout: float = 60.0,
+) -> AliasMove:
     """Make ``version`` the champion if it passed parity and the gate against the current champion
     (``force`` skips the gate, never parity, and needs a ``reason``, which is recorded)."""
     from registry.lock import hold_promotion_lock
@@ -93,8 +129,9 @@ def promote_to_champion(version: str | int, tracking_uri: str | None = None, nam
         return move_champion_locked(client, name, version, reason if force else (reason or "gate passed"), force)
 
 
-def rollback_champion(tracking_uri: str | None = None, name: str = DEFAULT_NAME, reason: str = "",
-                      lock_timeout: float = 60.0) -> AliasMove:
+def rollback_champion(
+    tracking_uri: str | None = None, name: str = DEFAULT_NAME, reason: str = "", lock_timeout: float = 60.0
+) -> AliasMove:
     """champion := previous; previous := the champion that one had replaced (if it still exists)."""
     from mlflow.exceptions import MlflowException
 

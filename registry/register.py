@@ -4,6 +4,7 @@ The version number is reserved first (source ``runs:/<run>/registry/model``), so
 can carry it in its metadata (``anomalymatch/<n>``); the onnx-flavor MLflow model is then uploaded to
 that run path. Until the upload and the parity check finish the version is tagged ``parity=pending``
 and cannot be promoted."""
+
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,9 @@ import io
 import json
 import math
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -22,9 +23,24 @@ from anomalymatch.config import RegistryConfig
 from registry.gate import GateDecision, GateResult, evaluate_gate
 from registry.parity import ParityResult, check_parity
 from registry.promote import AliasMove, move_challenger_locked, move_champion_locked
-from registry.store import (CHAMPION, GATE, GATE_DETAIL, GATE_REASON, GATE_VS, HOLDOUT_ARTIFACT, MODEL_ARTIFACT,
-                            ONNX_FILE, PARITY, PARITY_DETAIL, PASSED, TRAIN_IDS_ARTIFACT, ensure_registered_model,
-                            get_aliases, mlflow_client, resolve_model)
+from registry.store import (
+    CHAMPION,
+    GATE,
+    GATE_DETAIL,
+    GATE_REASON,
+    GATE_VS,
+    HOLDOUT_ARTIFACT,
+    MODEL_ARTIFACT,
+    ONNX_FILE,
+    PARITY,
+    PARITY_DETAIL,
+    PASSED,
+    TRAIN_IDS_ARTIFACT,
+    ensure_registered_model,
+    get_aliases,
+    mlflow_client,
+    resolve_model,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +51,7 @@ class ImageSet:
     ids: np.ndarray
     y: np.ndarray | None = None
 
-    def subset(self, mask: np.ndarray) -> "ImageSet":
+    def subset(self, mask: np.ndarray) -> ImageSet:
         return ImageSet(self.images[mask], self.ids[mask], None if self.y is None else self.y[mask])
 
 
@@ -79,34 +95,72 @@ def _json_safe(d: Mapping) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def gate_against_champion(client, tracking_uri: str | None, name: str, champion: str | None, challenger_onnx: Path,
-                          holdout: ImageSet, cfg: RegistryConfig, workdir: Path) -> GateResult:
+def gate_against_champion(
+    client,
+    tracking_uri: str | None,
+    name: str,
+    champion: str | None,
+    challenger_onnx: Path,
+    holdout: ImageSet,
+    cfg: RegistryConfig,
+    workdir: Path,
+) -> GateResult:
     """Score challenger and champion (their ONNX models) on the held-out labels neither trained on."""
     from anomalymatch.scoring import OnnxScorer
 
     challenger = OnnxScorer(challenger_onnx, providers=["CPUExecutionProvider"])
     if champion is None:
         scores = challenger.score(holdout.images) if len(holdout.ids) else np.empty(0)
-        return evaluate_gate(holdout.y, scores, None, holdout.ids, cfg.gate_auprc_tolerance,
-                             cfg.gate_precision_tolerance, cfg.gate_min_anomalies)
-    champ_path, _ = resolve_model(f"models:/{name}/{champion}", tracking_uri, name, workdir / "champion")
+        return evaluate_gate(
+            holdout.y,
+            scores,
+            None,
+            holdout.ids,
+            cfg.gate_auprc_tolerance,
+            cfg.gate_precision_tolerance,
+            cfg.gate_min_anomalies,
+        )
+    champ_path = resolve_model(f"models:/{name}/{champion}", tracking_uri, cache_dir=workdir / "champion").path
     champ = OnnxScorer(champ_path, providers=["CPUExecutionProvider"])
     if champ.spec != challenger.spec:
-        return GateResult(GateDecision.INCONCLUSIVE, f"champion {champion} takes other inputs "
-                          f"({champ.spec.to_json()}) than the challenger: compare them by hand, then --force --reason",
-                          champion)
+        return GateResult(
+            GateDecision.INCONCLUSIVE,
+            f"champion {champion} takes other inputs "
+            f"({champ.spec.to_json()}) than the challenger: compare them by hand, then --force --reason",
+            champion,
+        )
     trained = _trained_ids(client, client.get_model_version(name, champion).run_id, workdir / "champion_labels")
     if trained is None:
-        return GateResult(GateDecision.INCONCLUSIVE, f"champion {champion} has no {TRAIN_IDS_ARTIFACT}: its training "
-                          "labels are unknown, so no fair held-out set exists; use --force --reason", champion)
+        return GateResult(
+            GateDecision.INCONCLUSIVE,
+            f"champion {champion} has no {TRAIN_IDS_ARTIFACT}: its training "
+            "labels are unknown, so no fair held-out set exists; use --force --reason",
+            champion,
+        )
     keep = np.asarray([i not in trained for i in holdout.ids], dtype=bool)
     ev = holdout.subset(keep)
     if len(ev.ids) == 0:
-        return evaluate_gate(ev.y, np.empty(0), np.empty(0), ev.ids, cfg.gate_auprc_tolerance,
-                             cfg.gate_precision_tolerance, cfg.gate_min_anomalies, champion)
-    return evaluate_gate(ev.y, challenger.score(ev.images), champ.score(ev.images), ev.ids,
-                         cfg.gate_auprc_tolerance, cfg.gate_precision_tolerance, cfg.gate_min_anomalies, champion,
-                         cfg.gate_confidence)
+        return evaluate_gate(
+            ev.y,
+            np.empty(0),
+            np.empty(0),
+            ev.ids,
+            cfg.gate_auprc_tolerance,
+            cfg.gate_precision_tolerance,
+            cfg.gate_min_anomalies,
+            champion,
+        )
+    return evaluate_gate(
+        ev.y,
+        challenger.score(ev.images),
+        champ.score(ev.images),
+        ev.ids,
+        cfg.gate_auprc_tolerance,
+        cfg.gate_precision_tolerance,
+        cfg.gate_min_anomalies,
+        champion,
+        cfg.gate_confidence,
+    )
 
 
 def register_cycle(
@@ -144,14 +198,20 @@ def register_cycle(
     train_table = LabelTable.from_pairs(zip(map(str, train.ids), ("anomaly" if v else "nominal" for v in train.y)))
     hold_table = LabelTable.from_pairs(zip(map(str, holdout.ids), ("anomaly" if v else "nominal" for v in holdout.y)))
     tags = {k: v for k, v in lineage.items() if k != "metrics"}
-    tags.update(labels_sha256=train_table.sha256(), n_labels=len(train_table), n_anomalies=train_table.n_anomalies,
-                holdout_sha256=hold_table.sha256(), n_holdout=len(hold_table))
+    tags.update(
+        labels_sha256=train_table.sha256(),
+        n_labels=len(train_table),
+        n_anomalies=train_table.n_anomalies,
+        holdout_sha256=hold_table.sha256(),
+        n_holdout=len(hold_table),
+    )
     tags["metrics"] = json.dumps(_json_safe(dict(lineage.get("metrics", {}))), sort_keys=True)
     tags = {k: str(v) for k, v in tags.items()}
     tags.update({PARITY: "pending", GATE: "pending"})
     description = f"campaign {lineage.get('campaign', '')} cycle {lineage.get('cycle', '')}"
-    mv = client.create_model_version(name, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id, tags=tags,
-                                     description=description)
+    mv = client.create_model_version(
+        name, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id, tags=tags, description=description
+    )
     version = str(mv.version)
 
     try:
@@ -162,21 +222,30 @@ def register_cycle(
             tmp = Path(tmp)
             onnx_path = Path(export(cpu_model, tmp / "export" / ONNX_FILE, model_version=f"{name}/{version}"))
             sample = pool.subset(_parity_sample(pool.ids, cfg.parity_sample))
-            parity = check_parity(cpu_model, onnx_path, sample.images, sample.ids, cfg.parity_tolerance,
-                                  cfg.parity_top_k)
-            mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(tmp / "model"), pip_requirements=_requirements(),
-                                   save_as_external_data=False)  # one self-contained model.onnx
+            parity = check_parity(
+                cpu_model, onnx_path, sample.images, sample.ids, cfg.parity_tolerance, cfg.parity_top_k
+            )
+            mlflow.onnx.save_model(
+                onnx.load(str(onnx_path)),
+                str(tmp / "model"),
+                pip_requirements=_requirements(),
+                save_as_external_data=False,
+            )  # one self-contained model.onnx
             client.log_artifacts(run_id, str(tmp / "model"), MODEL_ARTIFACT)
             client.set_model_version_tag(name, version, PARITY_DETAIL, parity.reason)
             client.set_model_version_tag(name, version, PARITY, PASSED if parity.passed else "failed")
             if parity.passed:
                 gate = gate_against_champion(client, tracking_uri, name, champion, onnx_path, holdout, cfg, tmp)
             else:
-                gate = GateResult(GateDecision.INCONCLUSIVE, "not evaluated: the ONNX export failed parity",
-                                  champion or "")
-        for key, value in {GATE_VS: gate.champion_version, GATE_REASON: gate.reason,
-                           GATE_DETAIL: json.dumps(_json_safe_nested(gate.to_dict()), sort_keys=True),
-                           GATE: gate.decision.value}.items():
+                gate = GateResult(
+                    GateDecision.INCONCLUSIVE, "not evaluated: the ONNX export failed parity", champion or ""
+                )
+        for key, value in {
+            GATE_VS: gate.champion_version,
+            GATE_REASON: gate.reason,
+            GATE_DETAIL: json.dumps(_json_safe_nested(gate.to_dict()), sort_keys=True),
+            GATE: gate.decision.value,
+        }.items():
             client.set_model_version_tag(name, version, key, value)
     except BaseException as exc:
         # a version whose registration broke off stays visible but can never be promoted
@@ -190,11 +259,13 @@ def register_cycle(
             is_challenger = move_challenger_locked(client, name, version)
             still = get_aliases(client, name).get(CHAMPION)
             if cfg.auto_promote and gate.passed and still == champion:
-                promotion = move_champion_locked(client, name, version, f"gate {gate.decision.value}: {gate.reason}",
-                                                 forced=False)
+                promotion = move_champion_locked(
+                    client, name, version, f"gate {gate.decision.value}: {gate.reason}", forced=False
+                )
             elif cfg.auto_promote and gate.passed:
-                client.set_model_version_tag(name, version, GATE_REASON,
-                                             f"{gate.reason} (champion changed to {still} meanwhile: not promoted)")
+                client.set_model_version_tag(
+                    name, version, GATE_REASON, f"{gate.reason} (champion changed to {still} meanwhile: not promoted)"
+                )
     return Registration(version, parity, gate, is_challenger, promotion)
 
 
@@ -230,5 +301,7 @@ def describe_registration(name: str, reg: Registration) -> str:
         outcome = "NOT promotable (parity failed)"
     else:
         outcome = "not promoted" + (" (challenger)" if reg.challenger else "")
-    return (f"{name} version {reg.version}: parity {'passed' if reg.parity.passed else 'FAILED'} "
-            f"({reg.parity.reason}); gate {reg.gate.decision.value} ({reg.gate.reason}); {outcome}")
+    return (
+        f"{name} version {reg.version}: parity {'passed' if reg.parity.passed else 'FAILED'} "
+        f"({reg.parity.reason}); gate {reg.gate.decision.value} ({reg.gate.reason}); {outcome}"
+    )

@@ -4,6 +4,7 @@ start the service and score through it. Torch-free.
 Public names are re-exported lazily (PEP 562) so that importing ``serving.cli_serve`` to build the
 command line does not load onnxruntime, mlflow or bentoml.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,10 +18,10 @@ _EXPORTS: dict[str, str] = {
     "read_manifest": "serving.bulk",
     "read_scores": "serving.bulk",
     "LiveModel": "serving.live_model",
-    "ModelRef": "serving.model_ref",
-    "ResolvedModel": "serving.model_ref",
-    "parse_model_ref": "serving.model_ref",
-    "resolve_model": "serving.model_ref",
+    "ModelRef": "anomalymatch.model_ref",
+    "ResolvedModel": "anomalymatch.model_ref",
+    "parse_model_ref": "anomalymatch.model_ref",
+    "resolve_model": "anomalymatch.model_ref",
     "RunningService": "serving.launch",
     "start_service": "serving.launch",
     "ServiceError": "serving.client",

@@ -11,6 +11,7 @@ waiting for requests that keep arriving.
 A batch only mixes requests decoded for the same model (``key``), so a hot reload never feeds one
 model's input size to another. A request larger than ``max_batch_size`` runs on its own.
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,8 +37,9 @@ class _Item:
 class AdaptiveBatcher:
     """``submit(key, pixels) -> Future[scores]``; ``run_batch(key, pixels) -> scores`` does the work."""
 
-    def __init__(self, run_batch: Callable[[Any, np.ndarray], np.ndarray], max_batch_size: int,
-                 max_latency_ms: float) -> None:
+    def __init__(
+        self, run_batch: Callable[[Any, np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self._run_batch = run_batch
@@ -106,8 +108,11 @@ class AdaptiveBatcher:
                     return
                 head = self._queue[0].enqueued
                 deadline = head + self.max_latency
-                while (not self._closed and self._queued_images() < self.max_batch_size
-                       and any(started <= head for started in self._decoding.values())):
+                while (
+                    not self._closed
+                    and self._queued_images() < self.max_batch_size
+                    and any(started <= head for started in self._decoding.values())
+                ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -126,5 +131,5 @@ class AdaptiveBatcher:
             return
         start = 0
         for item in batch:
-            item.future.set_result(scores[start:start + len(item.pixels)])
+            item.future.set_result(scores[start : start + len(item.pixels)])
             start += len(item.pixels)

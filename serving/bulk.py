@@ -17,6 +17,7 @@ manifest names (a shard renamed just before a kill) are deleted first. So every 
 exactly one shard row or one error row. The job is pinned to one model version: resuming with another
 is refused.
 """
+
 from __future__ import annotations
 
 import csv
@@ -90,10 +91,17 @@ class _Manifest:
         return json.dumps(d, indent=1)
 
     @classmethod
-    def load(cls, path: Path) -> "_Manifest":
+    def load(cls, path: Path) -> _Manifest:
         d = json.loads(path.read_text())
-        return cls(d["model_version"], d["spec"], [_SourceState(**s) for s in d["sources"]], d["shards"],
-                   BulkProgress(**d["progress"]), d.get("top_n", 0), d.get("format", FORMAT_VERSION))
+        return cls(
+            d["model_version"],
+            d["spec"],
+            [_SourceState(**s) for s in d["sources"]],
+            d["shards"],
+            BulkProgress(**d["progress"]),
+            d.get("top_n", 0),
+            d.get("format", FORMAT_VERSION),
+        )
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -122,18 +130,34 @@ def read_scores(out_dir: str | os.PathLike):  # type: ignore[no-untyped-def]
 def _empty_table():  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
-    return pa.table({"id": pa.array([], pa.string()), "score": pa.array([], pa.float32()),
-                     "model_version": pa.array([], pa.string()), "source": pa.array([], pa.string())})
+    return pa.table(
+        {
+            "id": pa.array([], pa.string()),
+            "score": pa.array([], pa.float32()),
+            "model_version": pa.array([], pa.string()),
+            "source": pa.array([], pa.string()),
+        }
+    )
 
 
 class BulkJob:
     """One bulk scoring job into ``out_dir``; ``run()`` starts or resumes it, ``cancel()`` stops it
     at the next batch (what was scored is committed), ``progress`` can be read from any thread."""
 
-    def __init__(self, sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, scorer: Scorer,
-                 model_version: str, *, batch_size: int = 256, workers: int | None = None,
-                 shard_rows: int = 65_536, top_n: int = 1000,
-                 on_commit: Callable[[BulkProgress], None] | None = None, progress_bar: bool = False) -> None:
+    def __init__(
+        self,
+        sources: Sequence[str | os.PathLike],
+        out_dir: str | os.PathLike,
+        scorer: Scorer,
+        model_version: str,
+        *,
+        batch_size: int = 256,
+        workers: int = 0,
+        shard_rows: int = 65_536,
+        top_n: int = 1000,
+        on_commit: Callable[[BulkProgress], None] | None = None,
+        progress_bar: bool = False,
+    ) -> None:
         if not sources:
             raise ValueError("no sources given: pass folders, zips, HDF5 files or image files")
         self.sources = [str(Path(s).expanduser().resolve()) for s in sources]
@@ -154,19 +178,26 @@ class BulkJob:
         path = self.out_dir / MANIFEST
         spec = self.scorer.spec.to_dict()
         if not path.is_file():
-            return _Manifest(self.model_version, spec, [_SourceState(p, n) for p, n in zip(self.sources, counts)],
-                             top_n=self.top_n)
+            return _Manifest(
+                self.model_version, spec, [_SourceState(p, n) for p, n in zip(self.sources, counts)], top_n=self.top_n
+            )
         m = _Manifest.load(path)
         where = f"{self.out_dir} holds a bulk job"
         if [s.path for s in m.sources] != self.sources:
-            raise JobMismatch(f"{where} over other sources ({[s.path for s in m.sources]}): pass the same "
-                              "sources to resume, or a new --out folder")
+            raise JobMismatch(
+                f"{where} over other sources ({[s.path for s in m.sources]}): pass the same "
+                "sources to resume, or a new --out folder"
+            )
         if [s.count for s in m.sources] != counts:
-            raise JobMismatch(f"{where} whose sources held {[s.count for s in m.sources]} images, now {counts}: "
-                              "the sources changed; score into a new --out folder")
+            raise JobMismatch(
+                f"{where} whose sources held {[s.count for s in m.sources]} images, now {counts}: "
+                "the sources changed; score into a new --out folder"
+            )
         if m.model_version != self.model_version or m.spec != spec:
-            raise JobMismatch(f"{where} scored by model version {m.model_version}; resume it with that version "
-                              f"(--model {m.model_version}) or use a new --out folder for version {self.model_version}")
+            raise JobMismatch(
+                f"{where} scored by model version {m.model_version}; resume it with that version "
+                f"(--model {m.model_version}) or use a new --out folder for version {self.model_version}"
+            )
         return m
 
     def _remove_orphans(self, m: _Manifest) -> None:
@@ -175,8 +206,16 @@ class BulkJob:
             if path.name not in named:
                 path.unlink()
 
-    def _commit(self, m: _Manifest, src: int, cursor: int, ids: list[str], scores: list[np.ndarray],
-                errors: list[tuple[str, str]], finished: bool = False) -> None:
+    def _commit(
+        self,
+        m: _Manifest,
+        src: int,
+        cursor: int,
+        ids: list[str],
+        scores: list[np.ndarray],
+        errors: list[tuple[str, str]],
+        finished: bool = False,
+    ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -186,20 +225,35 @@ class BulkJob:
         source = m.sources[src].path
         if ids:
             values = np.concatenate(scores).astype(np.float32)
-            table = pa.table({"id": pa.array(ids, pa.string()), "score": pa.array(values, pa.float32()),
-                              "model_version": pa.array([self.model_version] * len(ids), pa.string()),
-                              "source": pa.array([source] * len(ids), pa.string())})
+            table = pa.table(
+                {
+                    "id": pa.array(ids, pa.string()),
+                    "score": pa.array(values, pa.float32()),
+                    "model_version": pa.array([self.model_version] * len(ids), pa.string()),
+                    "source": pa.array([source] * len(ids), pa.string()),
+                }
+            )
             _atomic_write(shard, lambda p: pq.write_table(table, p))
         if errors:
+
             def write_errors(p: Path) -> None:
                 with p.open("w", newline="", encoding="utf-8") as fh:
                     writer = csv.writer(fh)
                     writer.writerow(["id", "source", "reason"])
                     writer.writerows((i, source, r) for i, r in errors)
+
             _atomic_write(error_file, write_errors)
-        m.shards.append({"file": f"shards/{shard.name}" if ids else "", "errors": f"shards/{error_file.name}"
-                         if errors else "", "rows": len(ids), "n_errors": len(errors), "source": src,
-                         "start": m.sources[src].next_index, "end": cursor})
+        m.shards.append(
+            {
+                "file": f"shards/{shard.name}" if ids else "",
+                "errors": f"shards/{error_file.name}" if errors else "",
+                "rows": len(ids),
+                "n_errors": len(errors),
+                "source": src,
+                "start": m.sources[src].next_index,
+                "end": cursor,
+            }
+        )
         m.sources[src].next_index = cursor
         m.sources[src].finished = finished
         m.progress.scored += len(ids)
@@ -249,9 +303,10 @@ class BulkJob:
         if state.finished:
             return
         report = SkipReport()
-        ids = None if state.next_index == 0 else source.ids[state.next_index:]
-        stream = iter_batches(source, self.scorer.spec, self.batch_size, self.workers, ids=ids, report=report,
-                              progress=self.progress_bar)
+        ids = None if state.next_index == 0 else source.ids[state.next_index :]
+        stream = iter_batches(
+            source, self.scorer.spec, self.batch_size, self.workers, ids=ids, report=report, progress=self.progress_bar
+        )
         pending_ids: list[str] = []
         pending_scores: list[np.ndarray] = []
         reported = 0
@@ -290,6 +345,7 @@ class BulkJob:
                             rows = csv.reader(fh)
                             next(rows)
                             writer.writerows(rows)
+
         _atomic_write(self.out_dir / "errors.csv", write_errors)
         best: list[tuple[float, str, str]] = []
         for shard in m.shards:
@@ -312,4 +368,5 @@ class BulkJob:
                 writer = csv.writer(out)
                 writer.writerow(["rank", "id", "score", "model_version", "source"])
                 writer.writerows((r + 1, i, f"{s:.6f}", m.model_version, src) for r, (s, i, src) in enumerate(ranked))
+
         _atomic_write(self.out_dir / "top.csv", write_top)

@@ -1,16 +1,24 @@
 """``anomalymatch score``: resumable bulk scoring of folders, zips, HDF5 or image files to Parquet shards."""
+
 from __future__ import annotations
 
 import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", nargs="+", required=True, metavar="SRC",
-                   help="folders, .zip, .h5/.hdf5 or image files to score")
-    p.add_argument("--out", required=True, help="output folder (shards, manifest, top.csv, errors.csv); "
-                                                "running again on the same folder resumes")
-    p.add_argument("--model", help="models:/anomalymatch@champion (default), models:/NAME/VERSION, a version "
-                                   "number, or an .onnx file; a resumed job keeps its version")
+    p.add_argument(
+        "--source", nargs="+", required=True, metavar="SRC", help="folders, .zip, .h5/.hdf5 or image files to score"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (shards, manifest, top.csv, errors.csv); running again on the same folder resumes",
+    )
+    p.add_argument(
+        "--model",
+        help="models:/anomalymatch@champion (default), models:/NAME/VERSION, a version "
+        "number, or an .onnx file; a resumed job keeps its version",
+    )
     p.add_argument("--top", type=int, help="candidates in top.csv (default 1000)")
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--data-dir", help="project data folder (default .anomalymatch or $ANOMALYMATCH_HOME)")
@@ -27,17 +35,24 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from anomalymatch.config import load_config
+    from anomalymatch.model_ref import resolve_model, resolve_tracking_uri
     from anomalymatch.scoring import OnnxScorer
     from serving.bulk import MANIFEST, BulkJob, JobMismatch, read_manifest
-    from serving.live_model import file_version
-    from serving.model_ref import resolve_model, resolve_tracking_uri
+    from serving.live_model import served_name
 
-    config = load_config(args.config, {"data_dir": args.data_dir, "tracking.tracking_uri": args.tracking_uri,
-                                       "serving.model": args.model, "serving.top_n": args.top,
-                                       "serving.bulk_batch_size": args.batch_size,
-                                       "serving.bulk_workers": args.workers,
-                                       "serving.bulk_shard_rows": args.shard_rows,
-                                       "serving.providers": args.providers})
+    config = load_config(
+        args.config,
+        {
+            "data_dir": args.data_dir,
+            "tracking.tracking_uri": args.tracking_uri,
+            "serving.model": args.model,
+            "serving.top_n": args.top,
+            "serving.bulk_batch_size": args.batch_size,
+            "workers": args.workers,
+            "serving.bulk_shard_rows": args.shard_rows,
+            "serving.providers": args.providers,
+        },
+    )
     serving, out = config.serving, Path(args.out)
     ref = serving.model
     if (out / MANIFEST).is_file():
@@ -45,24 +60,37 @@ def run(args: argparse.Namespace) -> int:
         pinned = manifest["model_version"]
         if args.model is None and pinned.isdigit():
             ref = pinned  # resume with the registry version the job started with, even if the alias moved
-        print(f"resuming the job in {out}: {manifest['progress']['scored']} images already scored by model "
-              f"version {pinned}")
+        print(
+            f"resuming the job in {out}: {manifest['progress']['scored']} images already scored by model "
+            f"version {pinned}"
+        )
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, config.data_path)
     model = resolve_model(ref, tracking_uri, config.data_path / "serving" / "models", config.tracking.registered_model)
-    scorer = OnnxScorer(model.path, providers=serving.providers or None, threads=serving.threads,
-                        spinning=False)  # decode threads share the CPU
-    version = file_version(scorer, model.path) if model.version == "file" else model.version
+    scorer = OnnxScorer(
+        model.path, providers=serving.providers or None, threads=serving.threads, spinning=False
+    )  # decode threads share the CPU
+    version = model.version or served_name(model.path)
     print(f"model {model.ref.text} -> version {version} on {', '.join(scorer.providers)}")
-    job = BulkJob(args.source, out, scorer, version, batch_size=serving.bulk_batch_size,
-                  workers=serving.bulk_workers or None, shard_rows=serving.bulk_shard_rows, top_n=serving.top_n,
-                  progress_bar=not args.quiet)
+    job = BulkJob(
+        args.source,
+        out,
+        scorer,
+        version,
+        batch_size=serving.bulk_batch_size,
+        workers=config.workers,
+        shard_rows=serving.bulk_shard_rows,
+        top_n=serving.top_n,
+        progress_bar=not args.quiet,
+    )
     try:
         progress = job.run()
     except JobMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{progress.status}: {progress.scored} scored, {progress.skipped} skipped of {progress.total} "
-          f"({progress.images_per_second:.0f} images/s this run)")
+    print(
+        f"{progress.status}: {progress.scored} scored, {progress.skipped} skipped of {progress.total} "
+        f"({progress.images_per_second:.0f} images/s this run)"
+    )
     if progress.status == "done":
         print(f"top candidates: {out / 'top.csv'}; errors: {out / 'errors.csv'}; shards: {out / 'shards'}")
     return 0 if progress.status == "done" else 1

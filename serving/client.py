@@ -2,8 +2,10 @@
 
 ``score_files(url, paths)`` and ``score_arrays(url, ids, images)`` return ``[{"id", "score",
 "model_version"}]`` in input order; requests go ``concurrency`` at a time so the service can batch
-them. A 4xx or 5xx raises ``ServiceError`` with the service's message.
+them. A 4xx or 5xx raises ``ServiceError`` with the service's message. The HTTP plumbing (base URL,
+timeout, error unwrapping) is ``anomalymatch.http_client``, shared with ``labeling.client``.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,41 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-
-class ServiceError(RuntimeError):
-    def __init__(self, status: int, body: object) -> None:
-        message = body.get("error", body) if isinstance(body, dict) else body
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.body = status, body
+from anomalymatch.http_client import HttpClient, ServiceError, post_json  # noqa: F401  (ServiceError: re-exported)
 
 
-def _httpx():  # type: ignore[no-untyped-def]
-    import httpx
-
-    return httpx
-
-
-def _check(resp) -> object:  # type: ignore[no-untyped-def]
-    try:
-        body = resp.json()
-    except ValueError:
-        body = resp.text
-    if resp.status_code >= 400:
-        if isinstance(body, list) and body and isinstance(body[0], dict):  # BentoML wraps some errors in a list
-            body = body[0]
-        raise ServiceError(resp.status_code, body)
-    return body
-
-
-def score_bytes(url: str, items: Sequence[tuple[str, bytes]], chunk: int = 32, concurrency: int = 4,
-                timeout: float = 300.0) -> list[dict]:
+def score_bytes(
+    url: str, items: Sequence[tuple[str, bytes]], chunk: int = 32, concurrency: int = 4, timeout: float = 300.0
+) -> list[dict]:
     """Score ``(name, encoded bytes)`` pairs; returns one dict per item, in order."""
-    httpx = _httpx()
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    with httpx.Client(timeout=timeout) as client:
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    with HttpClient(url, timeout=timeout) as client:
+
         def post(part: Sequence[tuple[str, bytes]]) -> list[dict]:
             files = [("images", (name, data, "application/octet-stream")) for name, data in part]
-            return _check(client.post(f"{url}/score", files=files))  # type: ignore[return-value]
+            return client.post_json("score", files=files)
 
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             results = list(pool.map(post, chunks))
@@ -77,22 +57,22 @@ def score_arrays(url: str, ids: Sequence[str], images: np.ndarray, **kwargs: obj
 
 
 def info(url: str) -> dict:
-    return _check(_httpx().post(f"{url}/info", json={}, timeout=30))  # type: ignore[return-value]
+    return post_json(url, "info", {}, timeout=30)
 
 
 def submit_bulk(url: str, sources: Sequence[str], top_n: int | None = None, job_id: str = "") -> dict:
     payload: dict = {"sources": [str(s) for s in sources], "job_id": job_id}
     if top_n is not None:
         payload["top_n"] = top_n
-    return _check(_httpx().post(f"{url}/bulk_submit", json=payload, timeout=60))  # type: ignore[return-value]
+    return post_json(url, "bulk_submit", payload, timeout=60)
 
 
 def bulk_status(url: str, job_id: str) -> dict:
-    return _check(_httpx().post(f"{url}/bulk_status", json={"job_id": job_id}, timeout=30))  # type: ignore[return-value]
+    return post_json(url, "bulk_status", {"job_id": job_id}, timeout=30)
 
 
 def cancel_bulk(url: str, job_id: str) -> dict:
-    return _check(_httpx().post(f"{url}/bulk_cancel", json={"job_id": job_id}, timeout=30))  # type: ignore[return-value]
+    return post_json(url, "bulk_cancel", {"job_id": job_id}, timeout=30)
 
 
 def wait_bulk(url: str, job_id: str, timeout: float = 600.0, poll_s: float = 0.2) -> dict:

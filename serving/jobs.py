@@ -3,6 +3,7 @@
 Jobs run one at a time on a background thread (inference already uses every core), each into
 ``<out_root>/<job_id>/`` with ``serving.bulk.BulkJob``; submitting an existing job id resumes it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,23 +34,38 @@ def check_under_roots(path: str, roots: Sequence[str]) -> str:
             if not resolved.exists():
                 raise RequestError(404, f"source not found: {path}")
             return str(resolved)
-    raise RequestError(403, f"source {path} is outside the service's data roots {list(roots)}; "
-                            "only sources under them can be scored")
+    raise RequestError(
+        403, f"source {path} is outside the service's data roots {list(roots)}; only sources under them can be scored"
+    )
 
 
 class BulkJobs:
-    def __init__(self, out_root: str | os.PathLike, data_roots: Sequence[str], batch_size: int, workers: int | None,
-                 shard_rows: int, default_top_n: int) -> None:
+    def __init__(
+        self,
+        out_root: str | os.PathLike,
+        data_roots: Sequence[str],
+        batch_size: int,
+        workers: int,
+        shard_rows: int,
+        default_top_n: int,
+    ) -> None:
         self.out_root = Path(out_root)
         self.data_roots = list(data_roots)
-        self.batch_size, self.workers, self.shard_rows, self.default_top_n = batch_size, workers, shard_rows, default_top_n
+        self.batch_size, self.workers, self.shard_rows, self.default_top_n = (
+            batch_size,
+            workers,
+            shard_rows,
+            default_top_n,
+        )
         self._jobs: dict[str, BulkJob] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="anomalymatch-bulk")
 
     def submit(self, sources: Sequence[str], model: LoadedModel, top_n: int | None = None, job_id: str = "") -> dict:
         if not sources:
-            raise RequestError(400, "no sources: pass server-side folders, zips, HDF5 or image files under the data roots")
+            raise RequestError(
+                400, "no sources: pass server-side folders, zips, HDF5 or image files under the data roots"
+            )
         resolved = [check_under_roots(s, self.data_roots) for s in sources]
         job_id = job_id or uuid.uuid4().hex[:12]
         if not _JOB_ID.match(job_id):
@@ -58,13 +74,24 @@ class BulkJobs:
             running = self._jobs.get(job_id)
             if running is not None and running.progress.status in ("queued", "running"):
                 raise RequestError(409, f"job {job_id} is already {running.progress.status}")
-            job = BulkJob(resolved, self.out_root / job_id, model.scorer, model.version, batch_size=self.batch_size,
-                          workers=self.workers, shard_rows=self.shard_rows,
-                          top_n=self.default_top_n if top_n is None else top_n)
+            job = BulkJob(
+                resolved,
+                self.out_root / job_id,
+                model.scorer,
+                model.version,
+                batch_size=self.batch_size,
+                workers=self.workers,
+                shard_rows=self.shard_rows,
+                top_n=self.default_top_n if top_n is None else top_n,
+            )
             self._jobs[job_id] = job
         self._pool.submit(self._run, job_id, job)
-        return {"job_id": job_id, "status": job.progress.status, "model_version": model.version,
-                "out_dir": str(job.out_dir)}
+        return {
+            "job_id": job_id,
+            "status": job.progress.status,
+            "model_version": model.version,
+            "out_dir": str(job.out_dir),
+        }
 
     @staticmethod
     def _run(job_id: str, job: BulkJob) -> None:
@@ -83,8 +110,14 @@ class BulkJobs:
     def status(self, job_id: str) -> dict:
         job = self._job(job_id)
         progress = job.progress
-        out = {"job_id": job_id, **asdict(progress), "done": progress.done, "model_version": job.model_version,
-               "out_dir": str(job.out_dir), "sources": job.sources}
+        out = {
+            "job_id": job_id,
+            **asdict(progress),
+            "done": progress.done,
+            "model_version": job.model_version,
+            "out_dir": str(job.out_dir),
+            "sources": job.sources,
+        }
         manifest = job.out_dir / "manifest.json"
         out["shards"] = len(read_manifest(job.out_dir)["shards"]) if manifest.is_file() else 0
         for name in ("top.csv", "errors.csv"):

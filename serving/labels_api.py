@@ -3,28 +3,30 @@
 The BentoML service calls these and turns ``RequestError`` into its HTTP status (``serving.uploads``):
 400 bad request, 401 missing or wrong token, 403 writes disabled (no token configured), 404 unknown
 image, 409 idempotency key reused, 413 too many labels, 422 unknown label value or image id (nothing of
-the batch is written), 503 the configured token file is missing. Writes need ``Authorization: Bearer <token>``; the token comes from the
-environment variable ``retrain.token_env`` or ``retrain.token_file``.
+the batch is written), 503 the configured token file is missing. Writes need
+``Authorization: Bearer <token>``; the token comes from the environment variable ``labelstore.token_env``
+or ``labelstore.token_file``.
 
-``start_watcher`` runs ``anomalymatch retrain --watch`` as a child process for ``retrain.in_service``:
-the service process itself never imports torch.
+The retrain watcher the service runs beside itself (``retrain.in_service``) is ``serving.watcher``.
 """
+
 from __future__ import annotations
 
 import hmac
-import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from anomalymatch.campaign_images import ImageFile, ImageLibrary
-from anomalymatch.config import AppConfig, RetrainConfig
-from anomalymatch.labelstore import (BadLabelError, CandidateStrategy, IdempotencyConflictError, LabelStore,
-                                     LabelStoreError, UnknownImageError)
+from anomalymatch.config import LABEL_TOKEN_ENV, AppConfig, RetrainConfig
+from anomalymatch.labelstore import (
+    BadLabelError,
+    CandidateStrategy,
+    IdempotencyConflictError,
+    LabelStore,
+    LabelStoreError,
+    UnknownImageError,
+)
 from anomalymatch.retrain_state import evaluate, read_state, state_path
 from serving.uploads import RequestError
 
@@ -41,11 +43,14 @@ def bearer_token(authorization: str | None) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def check_token(provided: str, expected: str, token_env: str = "ANOMALYMATCH_LABEL_TOKEN") -> None:
+def check_token(provided: str, expected: str, token_env: str = LABEL_TOKEN_ENV) -> None:
     """403 when the service has no token (writes disabled), 401 when ``provided`` is missing or wrong."""
     if not expected:
-        raise RequestError(403, f"label writes are disabled: the service has no write token; set ${token_env} "
-                                "(or retrain.token_file) where the service runs and restart it")
+        raise RequestError(
+            403,
+            f"label writes are disabled: the service has no write token; set ${token_env} "
+            "(or labelstore.token_file) where the service runs and restart it",
+        )
     if not provided:
         raise RequestError(401, "label writes need a token: send the header 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(provided.encode(), expected.encode()):
@@ -60,27 +65,35 @@ def get_candidates(store: LabelStore, version: str, n: int = 20, strategy: str =
     if strategy not in STRATEGIES:
         raise RequestError(400, f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
     rows = store.select_candidates(version, n, strategy)
-    out: dict[str, Any] = {"model_version": version, "strategy": strategy, "n": len(rows),
-                           "candidates": [{"image_id": c.image_id, "score": float(c.score), "rank": k}
-                                          for k, c in enumerate(rows, 1)]}
+    out: dict[str, Any] = {
+        "model_version": version,
+        "strategy": strategy,
+        "n": len(rows),
+        "candidates": [{"image_id": c.image_id, "score": float(c.score), "rank": k} for k, c in enumerate(rows, 1)],
+    }
     if not rows:
-        out["message"] = (f"no unlabelled images scored by model version {version!r} in the label store: its "
-                          "scores come with each retrain, or load them with LabelStore.import_scores_parquet "
-                          "from a bulk scoring job")
+        out["message"] = (
+            f"no unlabelled images scored by model version {version!r} in the label store: its "
+            "scores come with each retrain, or load them with LabelStore.import_scores_parquet "
+            "from a bulk scoring job"
+        )
     return out
 
 
-def post_labels(store: LabelStore, labels: Sequence[Mapping[str, Any]], key: str = "", user: str = "") -> dict[str, Any]:
+def post_labels(
+    store: LabelStore, labels: Sequence[Mapping[str, Any]], key: str = "", user: str = ""
+) -> dict[str, Any]:
     """Store a batch of labels (``[{"image_id", "label", "user"?, "time"?, "comment"?}]``) in one transaction;
     ``key`` makes a re-post a no-op. The caller checks the token first."""
     if not isinstance(labels, (list, tuple)) or not labels:
-        raise RequestError(400, "send a non-empty list 'labels' of {\"image_id\", \"label\"} objects "
-                                "(optional: user, time, comment)")
+        raise RequestError(
+            400, 'send a non-empty list \'labels\' of {"image_id", "label"} objects (optional: user, time, comment)'
+        )
     if len(labels) > MAX_LABELS_PER_POST:
         raise RequestError(413, f"too many labels in one post: {len(labels)} > {MAX_LABELS_PER_POST}; split it")
     bad = [k for k, entry in enumerate(labels) if not isinstance(entry, Mapping)]
     if bad:
-        raise RequestError(400, f"labels entries {bad[:10]} are not objects; each is {{\"image_id\", \"label\"}}")
+        raise RequestError(400, f'labels entries {bad[:10]} are not objects; each is {{"image_id", "label"}}')
     try:
         result = store.add_labels(labels, key=key or None, user=user or None)
     except UnknownImageError as exc:
@@ -91,8 +104,13 @@ def post_labels(store: LabelStore, labels: Sequence[Mapping[str, Any]], key: str
         raise RequestError(409, str(exc)) from None
     except LabelStoreError as exc:
         raise RequestError(400, str(exc)) from None
-    return {"added": result.added, "skipped": result.skipped, "replayed": result.replayed, "key": result.key,
-            "last_seq": result.last_seq}
+    return {
+        "added": result.added,
+        "skipped": result.skipped,
+        "replayed": result.replayed,
+        "key": result.key,
+        "last_seq": result.last_seq,
+    }
 
 
 def retrain_status(path: str | os.PathLike, store: LabelStore, cfg: RetrainConfig) -> dict[str, Any]:
@@ -124,13 +142,15 @@ class LabelsApi:
     def candidates(self, version: str, n: int = 20, strategy: str = "top") -> dict[str, Any]:
         return get_candidates(self.store, version, n, strategy)
 
-    def post(self, labels: Sequence[Mapping[str, Any]], key: str, user: str, authorization: str | None) -> dict[str, Any]:
-        retrain = self.config.retrain
+    def post(
+        self, labels: Sequence[Mapping[str, Any]], key: str, user: str, authorization: str | None
+    ) -> dict[str, Any]:
+        auth = self.config.labelstore
         try:
-            expected = retrain.resolve_token()
+            expected = auth.resolve_token()
         except FileNotFoundError as exc:  # the operator's mistake, not the client's
             raise RequestError(503, f"label writes are unavailable: {exc}") from None
-        check_token(bearer_token(authorization), expected, retrain.token_env)
+        check_token(bearer_token(authorization), expected, auth.token_env)
         out = post_labels(self.store, labels, key, user)
         out["retrain"] = self.status()["status"]
         return out
@@ -144,28 +164,3 @@ class LabelsApi:
     def close(self) -> None:
         self.library.close()
         self.store.close()
-
-
-def start_watcher(config: AppConfig, log_path: str | os.PathLike | None = None) -> subprocess.Popen:
-    """``anomalymatch retrain --watch`` with this config as a child process that stops when its parent
-    does. Its log goes to ``<data_dir>/retrain/watcher.log``."""
-    folder = state_path(config.data_path).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    config_file = folder / "watcher-config.json"  # JSON is YAML: ``--config`` reads it
-    config_file.write_text(json.dumps(config.to_dict(), indent=1))
-    log_file = Path(log_path) if log_path else folder / "watcher.log"
-    command = [sys.executable, "-m", "anomalymatch.cli", "retrain", "--watch", "--config", str(config_file),
-               "--parent-pid", str(os.getpid())]
-    with log_file.open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop_watcher(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM (a retrain in flight is abandoned; the champion is untouched), SIGKILL after ``timeout``."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)

@@ -4,6 +4,7 @@ The resolved ``AppConfig`` travels to the service process as JSON in ``ANOMALYMA
 (the service reads it at import, because BentoML's batching and traffic settings are class
 decorators). ``start_service`` is what the main job, the benchmarks and the integration tests use.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,8 +105,12 @@ def wait_ready(url: str, process: subprocess.Popen | None = None, timeout: float
 
 
 @contextmanager
-def start_service(config: AppConfig, model: str | os.PathLike | None = None,
-                  log_path: str | os.PathLike | None = None, ready_timeout: float = 120.0) -> Iterator[RunningService]:
+def start_service(
+    config: AppConfig,
+    model: str | os.PathLike | None = None,
+    log_path: str | os.PathLike | None = None,
+    ready_timeout: float = 120.0,
+) -> Iterator[RunningService]:
     """Run the service (``config.serving``; port 0 = a free one) until the block ends, then stop it.
 
     ``model`` overrides ``config.serving.model`` (a models:/ URI, a version number or an .onnx file).
@@ -121,8 +126,13 @@ def start_service(config: AppConfig, model: str | os.PathLike | None = None,
     log_file = Path(log_path) if log_path else config.data_path / "serve.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
-        process = subprocess.Popen(bentoml_command(config), env=service_env(config), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            bentoml_command(config),
+            env=service_env(config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     service = RunningService(process, f"http://{serving.host}:{serving.port}", log_file)
     try:
         try:

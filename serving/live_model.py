@@ -5,19 +5,20 @@ uses that object to the end, so a reload never changes the model under a request
 scorer stays alive until its last request finishes. The poller checks the alias every
 ``reload_interval_s`` seconds, loads and warms the new version off the request path, then swaps.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from anomalymatch.model_ref import ModelRef, current_version, parse_model_ref, resolve_model
 from anomalymatch.scoring import OnnxScorer
-from serving.model_ref import ModelRef, current_version, parse_model_ref, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,18 @@ class LoadedModel:
 
     def info(self) -> dict:
         spec = self.scorer.spec
-        return {"model_version": self.version, "providers": list(self.scorer.providers),
-                "input": {"name": self.scorer.input_name, "dtype": "uint8",
-                          "shape": ["batch", spec.size, spec.size, 3], "layout": "NHWC"},
-                "preprocess": spec.to_dict(), "path": str(self.path)}
+        return {
+            "model_version": self.version,
+            "providers": list(self.scorer.providers),
+            "input": {
+                "name": self.scorer.input_name,
+                "dtype": "uint8",
+                "shape": ["batch", spec.size, spec.size, 3],
+                "layout": "NHWC",
+            },
+            "preprocess": spec.to_dict(),
+            "path": str(self.path),
+        }
 
 
 def load_scorer(path: str | os.PathLike, version: str, providers: Sequence[str] = (), threads: int = 0) -> LoadedModel:
@@ -42,20 +51,27 @@ def load_scorer(path: str | os.PathLike, version: str, providers: Sequence[str] 
     scorer = OnnxScorer(path, providers=providers or None, threads=threads, spinning=False)
     size = scorer.spec.size
     scorer.score(np.zeros((1, size, size, 3), np.uint8))
-    return LoadedModel(scorer, file_version(scorer, path) if version == "file" else version, Path(path))
+    return LoadedModel(scorer, version or served_name(path), Path(path))
 
 
-def file_version(scorer: OnnxScorer, path: str | os.PathLike) -> str:
-    """What to call a model served from a plain file: the version in its metadata, else its file name."""
-    return scorer.model_version or f"file:{Path(path).name}"
+def served_name(path: str | os.PathLike) -> str:
+    """What to call a model served from a plain file that carries no registry version: its file name."""
+    return f"file:{Path(path).name}"
 
 
 class LiveModel:
     """The current model for ``ref``, reloaded in the background when the alias points elsewhere."""
 
-    def __init__(self, ref: str | ModelRef, tracking_uri: str | None, cache_dir: str | os.PathLike,
-                 registered_model: str = "anomalymatch", reload_interval_s: float = 30.0,
-                 providers: Sequence[str] = (), threads: int = 0) -> None:
+    def __init__(
+        self,
+        ref: str | ModelRef,
+        tracking_uri: str | None,
+        cache_dir: str | os.PathLike,
+        registered_model: str = "anomalymatch",
+        reload_interval_s: float = 30.0,
+        providers: Sequence[str] = (),
+        threads: int = 0,
+    ) -> None:
         self.ref = parse_model_ref(ref, registered_model) if isinstance(ref, str) else ref
         self.tracking_uri, self.cache_dir = tracking_uri, Path(cache_dir)
         self.providers, self.threads = tuple(providers), threads
@@ -63,7 +79,9 @@ class LiveModel:
         self.reload_error = ""
         resolved = resolve_model(self.ref, tracking_uri, self.cache_dir)
         self.current = load_scorer(resolved.path, resolved.version, self.providers, threads)
-        log.info("serving model %s version %s on %s", self.ref.text, self.current.version, self.current.scorer.providers)
+        log.info(
+            "serving model %s version %s on %s", self.ref.text, self.current.version, self.current.scorer.providers
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self.ref.is_alias and reload_interval_s > 0:
@@ -75,8 +93,9 @@ class LiveModel:
         version = current_version(self.ref, self.tracking_uri)
         if version == self.current.version:
             return False
-        resolved = resolve_model(ModelRef(self.ref.text, name=self.ref.name, version=version), self.tracking_uri,
-                                 self.cache_dir)
+        resolved = resolve_model(
+            ModelRef(self.ref.text, name=self.ref.name, version=version), self.tracking_uri, self.cache_dir
+        )
         loaded = load_scorer(resolved.path, version, self.providers, self.threads)
         previous, self.current = self.current, loaded  # one attribute store: atomic for readers
         log.info("alias %s moved: now serving version %s (was %s)", self.ref.text, version, previous.version)

@@ -15,6 +15,7 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
 
 This module and everything it imports are torch-free (a test asserts it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,15 +29,15 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse, Response
 
-from anomalymatch.loader import default_workers
+from anomalymatch.loader import decode_threads
+from anomalymatch.model_ref import resolve_tracking_uri
 from serving.batching import AdaptiveBatcher
 from serving.jobs import BulkJobs
-from serving.labels_api import LabelsApi, start_watcher, stop_watcher
+from serving.labels_api import LabelsApi
 from serving.launch import config_from_env
 from serving.live_model import LiveModel, LoadedModel
-from serving.model_ref import resolve_tracking_uri
-from serving.uploads import (RequestError, RequestSizeLimit, UploadLimits, check_count, decode_uploads,
-                             upload_id)
+from serving.uploads import RequestError, RequestSizeLimit, UploadLimits, check_count, decode_uploads, upload_id
+from serving.watcher import start_watcher, stop_watcher
 
 log = logging.getLogger("anomalymatch.serving")
 CONFIG = config_from_env()
@@ -61,16 +62,30 @@ class AnomalyMatchService:
     def __init__(self) -> None:
         self.config = CONFIG
         data = CONFIG.data_path
-        self.model = LiveModel(SERVING.model, resolve_tracking_uri(CONFIG.tracking.tracking_uri, data),
-                               data / "serving" / "models", CONFIG.tracking.registered_model,
-                               SERVING.reload_interval_s, SERVING.providers, SERVING.threads)
+        self.model = LiveModel(
+            SERVING.model,
+            resolve_tracking_uri(CONFIG.tracking.tracking_uri, data),
+            data / "serving" / "models",
+            CONFIG.tracking.registered_model,
+            SERVING.reload_interval_s,
+            SERVING.providers,
+            SERVING.threads,
+        )
         self.limits = UploadLimits(SERVING.max_images_per_request, SERVING.max_upload_bytes, SERVING.max_image_pixels)
-        self.decode_pool = ThreadPoolExecutor(SERVING.decode_workers or default_workers(),
-                                              thread_name_prefix="anomalymatch-upload")
-        self.batcher = (AdaptiveBatcher(self._run_batch, SERVING.max_batch_size, SERVING.max_latency_ms)
-                        if SERVING.batching else None)
-        self.jobs = BulkJobs(data / "bulk", SERVING.data_roots, SERVING.bulk_batch_size,
-                             SERVING.bulk_workers or None, SERVING.bulk_shard_rows, SERVING.top_n)
+        self.decode_pool = ThreadPoolExecutor(decode_threads(CONFIG.workers), thread_name_prefix="anomalymatch-upload")
+        self.batcher = (
+            AdaptiveBatcher(self._run_batch, SERVING.max_batch_size, SERVING.max_latency_ms)
+            if SERVING.batching
+            else None
+        )
+        self.jobs = BulkJobs(
+            data / "bulk",
+            SERVING.data_roots,
+            SERVING.bulk_batch_size,
+            CONFIG.workers,
+            SERVING.bulk_shard_rows,
+            SERVING.top_n,
+        )
         self.label_api = LabelsApi(CONFIG)
         self.watcher = start_watcher(CONFIG) if CONFIG.retrain.in_service else None
 
@@ -90,31 +105,43 @@ class AnomalyMatchService:
             check_count(len(images), self.limits)
             files = [(upload_id(p), p.read_bytes) for p in images]
             if self.batcher is None:
-                pixels = await loop.run_in_executor(None, decode_uploads, files, model.scorer.spec, self.limits,
-                                                    self.decode_pool)
+                pixels = await loop.run_in_executor(
+                    None, decode_uploads, files, model.scorer.spec, self.limits, self.decode_pool
+                )
                 scores = await loop.run_in_executor(None, self._run_batch, model, pixels)
             else:
                 with self.batcher.expect():
-                    pixels = await loop.run_in_executor(None, decode_uploads, files, model.scorer.spec, self.limits,
-                                                        self.decode_pool)
+                    pixels = await loop.run_in_executor(
+                        None, decode_uploads, files, model.scorer.spec, self.limits, self.decode_pool
+                    )
                     future = self.batcher.submit(model, pixels)
                 scores = await asyncio.wrap_future(future)
         except RequestError as exc:
             return _error(exc)  # type: ignore[return-value]
-        return [{"id": name, "score": float(s), "model_version": model.version}
-                for (name, _), s in zip(files, scores)]
+        return [{"id": name, "score": float(s), "model_version": model.version} for (name, _), s in zip(files, scores)]
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
         """Model version, providers in use, input spec, batching and limits."""
         current = self.model.current
-        return {**current.info(), "model_ref": self.model.ref.text, "reload_error": self.model.reload_error,
-                "batching": {"enabled": self.batcher is not None, "max_batch_size": SERVING.max_batch_size,
-                             "max_latency_ms": SERVING.max_latency_ms,
-                             "recent_batch_sizes": list(self.batcher.batch_sizes)[-20:] if self.batcher else []},
-                "limits": {"max_images_per_request": SERVING.max_images_per_request,
-                           "max_upload_bytes": SERVING.max_upload_bytes, "max_image_pixels": SERVING.max_image_pixels},
-                "data_roots": list(SERVING.data_roots), "pid": os.getpid()}
+        return {
+            **current.info(),
+            "model_ref": self.model.ref.text,
+            "reload_error": self.model.reload_error,
+            "batching": {
+                "enabled": self.batcher is not None,
+                "max_batch_size": SERVING.max_batch_size,
+                "max_latency_ms": SERVING.max_latency_ms,
+                "recent_batch_sizes": list(self.batcher.batch_sizes)[-20:] if self.batcher else [],
+            },
+            "limits": {
+                "max_images_per_request": SERVING.max_images_per_request,
+                "max_upload_bytes": SERVING.max_upload_bytes,
+                "max_image_pixels": SERVING.max_image_pixels,
+            },
+            "data_roots": list(SERVING.data_roots),
+            "pid": os.getpid(),
+        }
 
     @bentoml.api
     def bulk_submit(self, sources: list[str], top_n: int | None = None, job_id: str = "") -> dict[str, Any]:
@@ -149,8 +176,9 @@ class AnomalyMatchService:
             return _error(exc)  # type: ignore[return-value]
 
     @bentoml.api
-    def labels(self, labels: list[dict[str, Any]], ctx: bentoml.Context, key: str = "",
-               user: str = "") -> dict[str, Any]:
+    def labels(
+        self, labels: list[dict[str, Any]], ctx: bentoml.Context, key: str = "", user: str = ""
+    ) -> dict[str, Any]:
         """Store a batch of labels in one transaction (all or none); ``key`` makes a re-post a no-op."""
         try:
             return self.label_api.post(labels, key, user, ctx.request.headers.get("authorization"))

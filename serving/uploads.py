@@ -4,6 +4,7 @@ Checks, in order, each giving a 4xx: no images (400), too many images (413), a f
 limit (413), not an image (415), more pixels than allowed (413), corrupt or unusable content such
 as a wrong shape (422). Decoding and resizing are ``anomalymatch.decode``'s; nothing is re-implemented.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from anomalymatch.decode import decode_image, has_image_magic, probe_image, sniff_format
+from anomalymatch.errors import DecodeError
 from anomalymatch.preprocessing import PreprocessSpec
-from anomalymatch.transform import DecodeError
 
 # BentoML stores each upload as tempfile.NamedTemporaryFile(suffix=<original name>): "tmp" + 8 random
 # characters + the client's file name. The id we return is the client's file name.
@@ -61,8 +62,11 @@ def check_count(n: int, limits: UploadLimits) -> None:
     if n == 0:
         raise RequestError(400, "no images in the request: send one or more files in the multipart field 'images'")
     if n > limits.max_images:
-        raise RequestError(413, f"too many images in one request: {n} > {limits.max_images}; split the request "
-                                "or use a bulk job (bulk_submit) for large sets")
+        raise RequestError(
+            413,
+            f"too many images in one request: {n} > {limits.max_images}; split the request "
+            "or use a bulk job (bulk_submit) for large sets",
+        )
 
 
 def decode_upload(name: str, data: bytes, spec: PreprocessSpec, limits: UploadLimits) -> np.ndarray:
@@ -78,8 +82,11 @@ def decode_upload(name: str, data: bytes, spec: PreprocessSpec, limits: UploadLi
         info = probe_image(data, name)
         pixels = int(np.prod(info.shape[:2])) if len(info.shape) >= 2 else 0
         if pixels > limits.max_pixels:
-            raise RequestError(413, f"{name}: image too large ({' x '.join(map(str, info.shape))} = {pixels} pixels "
-                                    f"> {limits.max_pixels}); downsample it first")
+            raise RequestError(
+                413,
+                f"{name}: image too large ({' x '.join(map(str, info.shape))} = {pixels} pixels "
+                f"> {limits.max_pixels}); downsample it first",
+            )
         return decode_image(data, name, spec)
     except DecodeError as exc:
         if exc.reason.startswith(_NOT_IMAGE_REASONS):  # e.g. gzip around something else
@@ -87,8 +94,12 @@ def decode_upload(name: str, data: bytes, spec: PreprocessSpec, limits: UploadLi
         raise RequestError(422, f"{name}: cannot use this image: {exc.reason}") from None
 
 
-def decode_uploads(files: Sequence[tuple[str, Callable[[], bytes]]], spec: PreprocessSpec, limits: UploadLimits,
-                   pool: Executor | None = None) -> np.ndarray:
+def decode_uploads(
+    files: Sequence[tuple[str, Callable[[], bytes]]],
+    spec: PreprocessSpec,
+    limits: UploadLimits,
+    pool: Executor | None = None,
+) -> np.ndarray:
     """Decode every file (in ``pool`` when given); any failure fails the request, naming every bad file."""
     check_count(len(files), limits)
 
@@ -104,8 +115,11 @@ def decode_uploads(files: Sequence[tuple[str, Callable[[], bytes]]], spec: Prepr
     if errors:
         status = max(e.status for e in errors) if len({e.status for e in errors}) > 1 else errors[0].status
         what = errors[0].message if len(errors) == 1 else f"{len(errors)} of {len(files)} files are unusable"
-        raise RequestError(status, what, [{"id": n, "reason": e.message} for (n, _), e in zip(files, results)
-                                          if isinstance(e, RequestError)])
+        raise RequestError(
+            status,
+            what,
+            [{"id": n, "reason": e.message} for (n, _), e in zip(files, results) if isinstance(e, RequestError)],
+        )
     return np.stack(results)  # type: ignore[arg-type]
 
 
@@ -121,10 +135,20 @@ class RequestSizeLimit:
     async def _reject(self, send, size: str) -> None:  # type: ignore[no-untyped-def]
         import json
 
-        body = json.dumps({"error": f"request too large ({size} bytes > {self.max_bytes}); send fewer or smaller "
-                                    "images per request, or use a bulk job", "detail": []}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "error": f"request too large ({size} bytes > {self.max_bytes}); send fewer or smaller "
+                "images per request, or use a bulk job",
+                "detail": [],
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]

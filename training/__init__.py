@@ -3,6 +3,7 @@
 Public names are re-exported lazily (PEP 562) so that importing a CLI verb module such as
 ``training.cli_train`` does not pull in torch before the verb runs.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -8,11 +8,12 @@ a tuple of ``(op_name, (low, high))``; every op in ``OPS`` takes a batch and one
 Ranges follow the FixMatch paper (Table 12) and TorchSSL's RandAugment. All randomness comes from the
 ``torch.Generator`` passed in, so a seed reproduces every image exactly.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as nnf

@@ -1,4 +1,5 @@
 """``anomalymatch benchmark``: the paper's protocol on the named cases or any labelled image set."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,22 @@ def _cases(args: argparse.Namespace):
     if args.images:
         if not args.labels or not args.anomaly_class:
             raise SystemExit("--images needs --labels and at least one --anomaly-class")
-        cases.append(BenchmarkCase(Path(args.images).stem, str(Path(args.images).resolve()),
-                                   str(args.labels.resolve()), tuple(args.anomaly_class), class_column=args.class_column))
+        cases.append(
+            BenchmarkCase(
+                Path(args.images).stem,
+                str(Path(args.images).resolve()),
+                str(args.labels.resolve()),
+                tuple(args.anomaly_class),
+                class_column=args.class_column,
+            )
+        )
     if not cases:
         raise SystemExit("name a --case or give --images/--labels/--anomaly-class")
-    overrides = {k: getattr(args, k) for k in ("n_anomalies", "n_nominal", "pool_size", "anomaly_fraction", "crop")
-                 if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("n_anomalies", "n_nominal", "pool_size", "anomaly_fraction", "crop")
+        if getattr(args, k) is not None
+    }
     return [dataclasses.replace(c, **overrides) for c in cases]
 
 
@@ -61,37 +72,56 @@ def run(args: argparse.Namespace) -> int:
     cases = _cases(args)
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     methods = args.method or ["fixmatch"]
-    config = load_config(args.config, {"cycle.iterations": args.iterations, "cycle.cycles": args.cycles,
-                                       "cycle.picks": args.picks, "preprocess.size": args.size})
+    config = load_config(
+        args.config,
+        {
+            "cycle.iterations": args.iterations,
+            "cycle.cycles": args.cycles,
+            "cycle.picks": args.picks,
+            "preprocess.size": args.size,
+        },
+    )
     data_root = args.data_root or default_data_root()
     device = str(select_device(args.device))
     tracker = None
     if not args.no_mlflow:
-        from training.tracking import CampaignTracker
+        from training.tracking import RunTracker
 
-        tracker = CampaignTracker(dataclasses.replace(config.tracking, experiment="anomalymatch-benchmark"),
-                                  config.data_path)
+        tracker = RunTracker(
+            dataclasses.replace(config.tracking, experiment="anomalymatch-benchmark"), config.data_path
+        )
     runs, datasets = [], []
     for case in cases:
         t0 = time.perf_counter()
         data = load_case(case, args.size, data_root, args.workers, progress=not args.quiet)
-        print(f"{case.name}: {len(data.ids)} images decoded at {args.size}px in {time.perf_counter() - t0:.1f}s",
-              file=sys.stderr)
-        datasets.append({"case": case.name, "source": case.images, "n_images": int(len(data.ids)),
-                         "classes": data.classes})
+        print(
+            f"{case.name}: {len(data.ids)} images decoded at {args.size}px in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
+        datasets.append(
+            {"case": case.name, "source": case.images, "n_images": int(len(data.ids)), "classes": data.classes}
+        )
         case_config = config.replace(preprocess=dataclasses.replace(config.preprocess, crop=case.crop))
         for method in methods:
             for seed in seeds:
                 t0 = time.perf_counter()
                 record = run_method(method, data, seed, case_config, device, tracker, progress=not args.quiet)
                 last = record["cycles"][-1]
-                print(f"{case.name} {method} seed {seed}: AUROC {last['auroc']:.3f} AUPRC {last['auprc']:.3f} "
-                      f"P@1% {last['precision_at_1pct']:.3f} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+                print(
+                    f"{case.name} {method} seed {seed}: AUROC {last['auroc']:.3f} AUPRC {last['auprc']:.3f} "
+                    f"P@1% {last['precision_at_1pct']:.3f} ({time.perf_counter() - t0:.0f}s)",
+                    file=sys.stderr,
+                )
                 runs.append(record)
     cfg = config.cycle
     protocol = {
-        "cases": [dataclasses.asdict(c) for c in cases], "seeds": seeds, "methods": methods, "size": args.size,
-        "iterations": cfg.iterations, "cycles": cfg.cycles, "picks": cfg.picks,
+        "cases": [dataclasses.asdict(c) for c in cases],
+        "seeds": seeds,
+        "methods": methods,
+        "size": args.size,
+        "iterations": cfg.iterations,
+        "cycles": cfg.cycles,
+        "picks": cfg.picks,
         "fixmatch": dataclasses.asdict(config.fixmatch),
     }
     result = {

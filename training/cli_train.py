@@ -1,4 +1,5 @@
 """``anomalymatch train``: a campaign on a user's images, labels CSV and unlabelled pool."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,57 +28,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    import logging
+
     import torch
 
     from anomalymatch.config import load_config
     from anomalymatch.labels import read_labels
-    from anomalymatch.loader import load_images
     from anomalymatch.sources import open_sources
     from registry.register import describe_registration
-    from training.campaign import STATE_FILE, CHECKPOINT_FILE, candidates_csv, load_state, run_campaign
-    from training.cycle import CampaignState
+    from training.active_learning import CHECKPOINT_FILE, STATE_FILE, candidates_csv, load_state, run_cycles
+    from training.inputs import assemble_training_input
     from training.model import create_model
+    from training.tracking import RunTracker
     from training.trainer import FixMatchTrainer
-    from training.tracking import CampaignTracker
 
-    config = load_config(args.config, {
-        "data_dir": args.data_dir, "cycle.iterations": args.iterations, "cycle.cycles": args.cycles,
-        "preprocess.size": args.size, "preprocess.crop": args.crop, "cycle.pool_sample": args.pool_sample,
-        "cycle.top_candidates": args.top, "cycle.seed": args.seed,
-    })
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    config = load_config(
+        args.config,
+        {
+            "data_dir": args.data_dir,
+            "cycle.iterations": args.iterations,
+            "cycle.cycles": args.cycles,
+            "preprocess.size": args.size,
+            "preprocess.crop": args.crop,
+            "cycle.pool_sample": args.pool_sample,
+            "cycle.top_candidates": args.top,
+            "cycle.seed": args.seed,
+        },
+    )
     progress = not args.quiet
     source = open_sources(args.images)
     labels = read_labels(args.labels, known_ids=source.ids)
-    labelled_ids = list(labels.ids)
-    pool_source = open_sources(args.pool) if args.pool else source
-    labelled_set = set(labelled_ids)
-    pool_ids = [i for i in pool_source.ids if i not in labelled_set]
-    rng = np.random.default_rng(config.cycle.seed)
-    sample = config.cycle.pool_sample
-    if sample and len(pool_ids) > sample:
-        print(f"pool: training and scoring on a seeded sample of {sample} of {len(pool_ids)} unlabelled images "
-              f"(raise --pool-sample to use more)", file=sys.stderr)
-        pool_ids = sorted(rng.choice(pool_ids, size=sample, replace=False).tolist())
-    if not pool_ids:
-        raise SystemExit("the pool is empty: give --pool or images that are not in the labels CSV")
-
     spec = config.preprocess
-    lab = load_images(source, spec, ids=labelled_ids, workers=config.workers or None, progress=progress)
-    pool = load_images(pool_source, spec, ids=pool_ids, workers=config.workers or None, progress=progress)
-    for what, loaded in (("labelled", lab), ("pool", pool)):
-        if len(loaded.report):
-            print(f"{what}: {len(loaded.report)} image(s) skipped: {loaded.report.summary()}", file=sys.stderr)
-    label_of = labels.as_dict()
-    ids = np.asarray(list(lab.ids) + list(pool.ids), dtype=object)
-    images = np.concatenate([lab.images, pool.images])
-    y = [1 if label_of[i].value == "anomaly" else 0 for i in lab.ids]
-    state = CampaignState(np.arange(len(lab.ids)), y, np.arange(len(lab.ids), len(ids)))
+    inputs = assemble_training_input(
+        labels=labels,
+        labelled_source=source,
+        pool_source=open_sources(args.pool) if args.pool else source,
+        spec=spec,
+        pool_sample=config.cycle.pool_sample,
+        seed=config.cycle.seed,
+        workers=config.workers,
+        progress=progress,
+    )
+    images, ids, state = inputs.images, inputs.ids, inputs.state
 
     workdir = config.data_path / "campaigns" / args.name
     torch.manual_seed(config.cycle.seed)
-    trainer = FixMatchTrainer(create_model(spec, pretrained=True), config.fixmatch, seed=config.cycle.seed,
-                              device=args.device)
+    trainer = FixMatchTrainer(
+        create_model(spec, pretrained=True), config.fixmatch, seed=config.cycle.seed, device=args.device
+    )
     if args.resume:
         if not (workdir / STATE_FILE).is_file():
             raise SystemExit(f"nothing to resume: {workdir / STATE_FILE} does not exist")
@@ -85,10 +85,20 @@ def run(args: argparse.Namespace) -> int:
         if (workdir / CHECKPOINT_FILE).is_file():
             trainer.load_checkpoint(workdir / CHECKPOINT_FILE)
         print(f"resuming {args.name} after cycle {state.cycle} (iteration {trainer.iteration})", file=sys.stderr)
-    tracker = CampaignTracker(config.tracking, config.data_path)
-    outcome = run_campaign(trainer, images, ids, state, config, workdir, tracker=tracker, name=args.name,
-                           tags={"anomalymatch.labels_file": str(args.labels)}, progress=progress,
-                           register=config.registry.enabled)
+    tracker = RunTracker(config.tracking, config.data_path)
+    outcome = run_cycles(
+        trainer,
+        images,
+        ids,
+        state,
+        config,
+        workdir,
+        tracker=tracker,
+        name=args.name,
+        tags={"anomalymatch.labels_file": str(args.labels)},
+        progress=progress,
+        register=config.registry.enabled,
+    )
     if not outcome.results:
         print(f"campaign {args.name} had already completed {state.cycle} cycle(s)", file=sys.stderr)
         return 0

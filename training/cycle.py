@@ -1,6 +1,7 @@
 """One active-learning cycle as one small function: train, score the pool with the EMA model,
 compute metrics where ground truth is known, select candidates, log. Plus the bookkeeping of
 which images are labelled and which are still in the pool."""
+
 from __future__ import annotations
 
 import time
@@ -16,7 +17,7 @@ from training.trainer import FixMatchTrainer, StepStats
 
 
 @dataclass
-class CampaignState:
+class LabelledPool:
     """Indices into one image array: the labelled set (with labels) and the unlabelled pool.
 
     Invariant: a labelled image is never in the pool."""
@@ -36,7 +37,7 @@ class CampaignState:
         if len(self.labelled_idx) != len(self.labelled_y):
             raise ValueError("labelled_idx and labelled_y differ in length")
         if len(np.unique(self.labelled_idx)) != len(self.labelled_idx):
-            raise ValueError("an image is labelled twice in the campaign state")
+            raise ValueError("an image is labelled twice in the labelled set")
         overlap = np.intersect1d(self.labelled_idx, self.pool_idx)
         if len(overlap):
             raise ValueError(f"{len(overlap)} labelled image(s) are also in the pool")
@@ -105,8 +106,9 @@ def run_cycle(
     trainer: FixMatchTrainer,
     images: np.ndarray,
     ids: np.ndarray,
-    state: CampaignState,
+    state: LabelledPool,
     cfg: CycleConfig,
+    *,
     truth: np.ndarray | None = None,
     tracker=None,
     checkpoint_path: str | Path | None = None,
@@ -125,14 +127,25 @@ def run_cycle(
         if tracker is not None:
             tracker.log_step(
                 s.iteration,
-                {"loss": s.loss, "loss_supervised": s.supervised, "loss_unsupervised": s.unsupervised,
-                 "mask_rate": s.mask_rate, "pseudo_anomaly_rate": s.pseudo_anomaly_rate},
+                {
+                    "loss": s.loss,
+                    "loss_supervised": s.supervised,
+                    "loss_unsupervised": s.unsupervised,
+                    "mask_rate": s.mask_rate,
+                    "pseudo_anomaly_rate": s.pseudo_anomaly_rate,
+                },
             )
 
     t0 = time.perf_counter()
     history = trainer.train(
-        labelled, state.labelled_y, pool, iterations, on_step=on_step,
-        checkpoint_path=checkpoint_path, checkpoint_every=cfg.checkpoint_every, progress=progress,
+        labelled,
+        state.labelled_y,
+        pool,
+        iterations,
+        on_step=on_step,
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=cfg.checkpoint_every,
+        progress=progress,
     )
     train_seconds = time.perf_counter() - t0
 

@@ -1,4 +1,5 @@
 """Exponential moving average of a model's weights, used for scoring (FixMatch's EMA model)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,7 @@
 """The FixMatch objective, pure and small: supervised cross-entropy on labelled images plus
 cross-entropy on confident hard pseudo-labels (from weakly augmented views) applied to the
 strongly augmented views of the same unlabelled images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ The model takes decoded pixels (0..255, uint8 or float, NCHW) so that the prepro
 mean/std live inside the network and travel into the exported ONNX graph as its first nodes.
 Weights are saved as safetensors with the spec JSON in the file's metadata (no pickle).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -152,4 +153,3 @@ def load_model(path: str | Path) -> AnomalyNet:
     model = create_model(spec, pretrained=False, num_classes=num_classes)
     load_weights(model, path)
     return model.eval()
-

@@ -8,6 +8,7 @@ names (``blocks.3.2.conv_pw.weight``). ``map_lite0_state_dict`` renames every te
 ``load_imagenet_weights`` checks the result covers the timm model one-to-one, shapes included,
 before loading it strictly. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import re

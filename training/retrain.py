@@ -13,6 +13,7 @@ campaign's other images). The cycle run logs the labels it used (``labels/labels
 view with user, time and comment), and its pool scores are written to the label store under the new
 version, so ``select_candidates`` works for it as soon as it is promoted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,11 +25,9 @@ import socket
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
 
 from anomalymatch.campaign_images import CampaignImages, campaign_images
 from anomalymatch.config import AppConfig
@@ -37,7 +36,7 @@ from anomalymatch.retrain_state import RetrainStatus, evaluate, now_iso, read_st
 
 log = logging.getLogger("anomalymatch.retrain")
 LOCK_FILE = "retrain.lock"
-WEIGHTS_ARTIFACT = "model/model.safetensors"  # written by training.campaign.log_cycle on every cycle run
+WEIGHTS_ARTIFACT = "model/model.safetensors"  # written by training.active_learning.log_cycle on every cycle run
 STORE_LABELS_ARTIFACT = "labels/labelstore_labels.csv"
 
 
@@ -96,15 +95,24 @@ class RetrainWatcher:
         return evaluate(read_state(self.state_file), self.store, self.config.retrain)
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def watch(self, poll_s: float | None = None, stop: threading.Event | None = None, max_runs: int | None = None,
-              parent_pid: int | None = None) -> int:
+    def watch(
+        self,
+        poll_s: float | None = None,
+        stop: threading.Event | None = None,
+        max_runs: int | None = None,
+        parent_pid: int | None = None,
+    ) -> int:
         """Check every ``poll_s`` seconds (default ``retrain.poll_s``) until ``stop`` is set, ``max_runs``
         retrains ran, or (with ``parent_pid``) the parent process is gone. Returns how many ran."""
         poll_s = poll_s or self.config.retrain.poll_s
         stop = stop or threading.Event()
         runs = 0
-        log.info("watching %s for new labels (retrain after %d, or %g min)", self.store.url,
-                 self.config.retrain.min_labels, self.config.retrain.max_wait_minutes)
+        log.info(
+            "watching %s for new labels (retrain after %d, or %g min)",
+            self.store.url,
+            self.config.retrain.min_labels,
+            self.config.retrain.max_wait_minutes,
+        )
         while not stop.is_set():
             if parent_pid is not None and os.getppid() != parent_pid:
                 log.info("parent process %d is gone: stopping", parent_pid)
@@ -136,8 +144,11 @@ class RetrainWatcher:
             seq = self.store.last_seq()
             if seq == 0 or not (force or report["due"]):
                 write_state(self.state_file, state)
-                why = "no labels in the label store" if seq == 0 else (
-                    f"not due: {report['new_labels']} new label(s), need {self.config.retrain.min_labels}")
+                why = (
+                    "no labels in the label store"
+                    if seq == 0
+                    else (f"not due: {report['new_labels']} new label(s), need {self.config.retrain.min_labels}")
+                )
                 return RetrainOutcome(False, why, label_seq=seq)
             reason = report["due"] or "forced"
             state.status, state.started_at, state.finished_at = RetrainStatus.RUNNING.value, now_iso(), ""
@@ -164,52 +175,66 @@ class RetrainWatcher:
     def _retrain(self, seq: int, reason: str) -> RetrainOutcome:
         import torch
 
+        from anomalymatch.model_ref import resolve_tracking_uri
         from registry.promote import PromotionError, promote_to_champion
         from registry.store import CHAMPION, get_aliases, mlflow_client
-        from training.campaign import log_cycle, register_cycle_model, training_view
-        from training.cycle import run_cycle
-        from training.tracking import CampaignTracker, resolve_tracking_uri
+        from training.active_learning import run_tracked_cycle
+        from training.tracking import RunTracker
         from training.trainer import FixMatchTrainer
 
         cfg = self.config
         campaign = campaign_images(self.store, cfg.retrain.campaign)
-        tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.data_path)
+        tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.data_path)
         name = cfg.tracking.registered_model
         champion = get_aliases(mlflow_client(tracking_uri), name).get(CHAMPION)
         torch.manual_seed(cfg.cycle.seed)
         with tempfile.TemporaryDirectory(prefix="anomalymatch-retrain-") as tmp:
             model = self._start_model(campaign, champion, tracking_uri, Path(tmp))
-        images, ids, state, labels = self._load_campaign(campaign, model.spec)
+        inputs, labels = self._load_campaign(campaign, model.spec)
+        images, ids, state = inputs.images, inputs.ids, inputs.state
         trainer = FixMatchTrainer(model, cfg.fixmatch, seed=cfg.cycle.seed, device=cfg.retrain.device)
-        tracker = CampaignTracker(cfg.tracking, cfg.data_path)
+        tracker = RunTracker(cfg.tracking, cfg.data_path)
         cycle_cfg = dataclasses.replace(cfg.cycle, cycles=1)
         register_cfg = cfg.replace(cycle=cycle_cfg, registry=dataclasses.replace(cfg.registry, auto_promote=False))
-        tags = {"anomalymatch.kind": "retrain", "anomalymatch.label_seq": str(seq),
-                "anomalymatch.parent_version": champion or "", "anomalymatch.retrain_reason": reason}
-        with tracker.campaign(f"retrain-{campaign.name}", cfg.to_dict(), tags) as run_id:
-            with tracker.cycle(1, tags={"anomalymatch.label_seq": str(seq)}) as cycle_run:
-                train_state, holdout = training_view(state, ids, cfg.registry.holdout_fraction)
-                result = run_cycle(trainer, images, ids, train_state, cycle_cfg, None, tracker, None, self.progress)
-                state.cycle = train_state.cycle
-                log_cycle(tracker, cycle_run, result, state, ids, trainer, None)
-                tracker.log_bytes(cycle_run, labels.to_csv_bytes(), STORE_LABELS_ARTIFACT)
-                reg = register_cycle_model(tracker, cycle_run, campaign.name, result, state, holdout, ids, images,
-                                           trainer, register_cfg, parent_version=champion or "")
+        tags = {
+            "anomalymatch.kind": "retrain",
+            "anomalymatch.label_seq": str(seq),
+            "anomalymatch.parent_version": champion or "",
+            "anomalymatch.retrain_reason": reason,
+        }
+        with tracker.parent_run(f"retrain-{campaign.name}", cfg.to_dict(), tags) as run_id:
+            tracked = run_tracked_cycle(
+                trainer=trainer,
+                images=images,
+                ids=ids,
+                state=state,
+                config=register_cfg,
+                tracker=tracker,
+                name=campaign.name,
+                progress=self.progress,
+                register=True,
+                parent_version=champion or "",
+                tags={"anomalymatch.label_seq": str(seq)},
+                artifacts={STORE_LABELS_ARTIFACT: labels.to_csv_bytes()},
+            )
+        result, reg, cycle_run = tracked.result, tracked.registration, tracked.run_id
         self.store.add_scores(reg.version, [str(i) for i in ids[result.pool_idx]], result.pool_scores)
         promoted, why = False, f"gate {reg.gate.decision.value}: {reg.gate.reason}"
         if not reg.parity.passed:
             why = f"parity failed: {reg.parity.reason}"
         elif reg.gate.passed and cfg.registry.auto_promote:
             try:
-                promoted = promote_to_champion(reg.version, tracking_uri, name, reason=f"retrain: {why}",
-                                               lock_timeout=cfg.registry.lock_timeout).changed
+                promoted = promote_to_champion(
+                    reg.version, tracking_uri, name, reason=f"retrain: {why}", lock_timeout=cfg.registry.lock_timeout
+                ).changed
             except PromotionError as exc:
                 why = f"not promoted: {exc}"
         elif reg.gate.passed:
             why += " (registry.auto_promote is off: promote by hand)"
         log.info("run %s: version %s %s (%s)", run_id, reg.version, "promoted" if promoted else "not promoted", why)
-        return RetrainOutcome(True, why, reg.version, promoted, reg.gate.decision.value, label_seq=seq,
-                              run_id=cycle_run)
+        return RetrainOutcome(
+            True, why, reg.version, promoted, reg.gate.decision.value, label_seq=seq, run_id=cycle_run
+        )
 
     def _start_model(self, campaign: CampaignImages, champion: str | None, tracking_uri: str, tmp: Path):
         """The champion's weights (its cycle run's ``model/model.safetensors``), or a fresh model when there
@@ -219,60 +244,61 @@ class RetrainWatcher:
 
         if champion is None:
             spec = campaign.preprocess or self.config.preprocess
-            log.info("no champion yet: starting from %s weights", "ImageNet" if self.config.retrain.pretrained else "random")
+            log.info(
+                "no champion yet: starting from %s weights", "ImageNet" if self.config.retrain.pretrained else "random"
+            )
             return create_model(spec, pretrained=self.config.retrain.pretrained)
         client = mlflow_client(tracking_uri)
         run_id = get_version(client, self.config.tracking.registered_model, champion).run_id
         try:
             local = client.download_artifacts(run_id, WEIGHTS_ARTIFACT, str(tmp))
         except Exception as exc:  # MlflowException or OSError, depending on the artifact store
-            raise RuntimeError(f"champion version {champion} has no {WEIGHTS_ARTIFACT} on its run {run_id} "
-                               f"({type(exc).__name__}: {exc}); retraining continues from the champion's weights, "
-                               "so register a version trained by AnomalyMatch first") from exc
+            raise RuntimeError(
+                f"champion version {champion} has no {WEIGHTS_ARTIFACT} on its run {run_id} "
+                f"({type(exc).__name__}: {exc}); retraining continues from the champion's weights, "
+                "so register a version trained by AnomalyMatch first"
+            ) from exc
         model = load_model(local)
         model.train()
         if campaign.preprocess is not None and campaign.preprocess != model.spec:
-            log.warning("campaign %s asks for preprocessing %s; the champion was trained with %s, which is used",
-                        campaign.name, campaign.preprocess.to_json(), model.spec.to_json())
+            log.warning(
+                "campaign %s asks for preprocessing %s; the champion was trained with %s, which is used",
+                campaign.name,
+                campaign.preprocess.to_json(),
+                model.spec.to_json(),
+            )
         return model
 
     def _load_campaign(self, campaign: CampaignImages, spec):
-        """Decoded labelled images + pool sample, their ids, the campaign state and the store's label table."""
-        from anomalymatch.labels import Label, LabelTable
-        from anomalymatch.loader import load_images
-        from training.cycle import CampaignState
+        """The campaign's training input (current labels + pool sample, decoded) and the store's label table."""
+        from anomalymatch.errors import TrainingInputError
+        from anomalymatch.labels import LabelTable
+        from training.inputs import assemble_training_input
 
         cfg = self.config
         current = self.store.current_labels()
         with campaign.open() as source:
             known = set(source.ids)
             keep = [k for k, i in enumerate(current.ids) if i in known]
-            labels = LabelTable(tuple(current.ids[k] for k in keep), tuple(current.labels[k] for k in keep),
-                                {c: tuple(v[k] for k in keep) for c, v in current.extra.items()})
-            n_anomalies = labels.n_anomalies
-            if n_anomalies == 0 or n_anomalies == len(labels):
-                raise ValueError(f"campaign {campaign.name} has {n_anomalies} anomaly and "
-                                 f"{len(labels) - n_anomalies} nominal labels; training needs both classes")
-            labelled = set(labels.ids)
-            pool_ids = [i for i in source.ids if i not in labelled]
-            sample = cfg.cycle.pool_sample
-            if sample and len(pool_ids) > sample:
-                rng = np.random.default_rng(cfg.cycle.seed)
-                pool_ids = sorted(rng.choice(pool_ids, size=sample, replace=False).tolist())
-            if not pool_ids:
-                raise ValueError(f"campaign {campaign.name} has no unlabelled images left for the pool")
-            workers = cfg.workers or None
-            lab = load_images(source, spec, ids=list(labels.ids), workers=workers, progress=self.progress)
-            pool = load_images(source, spec, ids=pool_ids, workers=workers, progress=self.progress)
-        for what, loaded in (("labelled", lab), ("pool", pool)):
-            if len(loaded.report):
-                log.warning("%s: %d image(s) skipped: %s", what, len(loaded.report), loaded.report.summary())
-        label_of = labels.as_dict()
-        ids = np.asarray(list(lab.ids) + list(pool.ids), dtype=object)
-        images = np.concatenate([lab.images, pool.images])
-        y = [1 if label_of[i] is Label.ANOMALY else 0 for i in lab.ids]
-        state = CampaignState(np.arange(len(lab.ids)), y, np.arange(len(lab.ids), len(ids)))
-        return images, ids, state, labels
+            labels = LabelTable(
+                tuple(current.ids[k] for k in keep),
+                tuple(current.labels[k] for k in keep),
+                {c: tuple(v[k] for k in keep) for c, v in current.extra.items()},
+            )
+            try:
+                inputs = assemble_training_input(
+                    labels=labels,
+                    labelled_source=source,
+                    pool_source=source,
+                    spec=spec,
+                    pool_sample=cfg.cycle.pool_sample,
+                    seed=cfg.cycle.seed,
+                    workers=cfg.workers,
+                    progress=self.progress,
+                )
+            except TrainingInputError as exc:
+                raise TrainingInputError(f"campaign {campaign.name}: {exc}") from None
+        return inputs, labels
 
 
 def describe_outcome(outcome: RetrainOutcome) -> str:
@@ -280,6 +306,7 @@ def describe_outcome(outcome: RetrainOutcome) -> str:
         return f"no retrain: {outcome.reason}"
     if outcome.failed:
         return f"retrain on labels up to #{outcome.label_seq} FAILED (the champion keeps serving): {outcome.error}"
-    return (f"retrained on labels up to #{outcome.label_seq}: version {outcome.version} "
-            f"{'promoted to champion' if outcome.promoted else 'registered, not promoted'} ({outcome.reason})")
-
+    return (
+        f"retrained on labels up to #{outcome.label_seq}: version {outcome.version} "
+        f"{'promoted to champion' if outcome.promoted else 'registered, not promoted'} ({outcome.reason})"
+    )

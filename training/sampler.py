@@ -1,5 +1,6 @@
 """Index samplers for FixMatch batches, driven by one explicit torch.Generator (reproducible and
 checkpointable: the generator's state is the sampler's state, plus the unlabelled cursor)."""
+
 from __future__ import annotations
 
 import numpy as np

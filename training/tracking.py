@@ -1,10 +1,11 @@
-"""MLflow tracking for active-learning campaigns: one parent run per campaign, one nested run per
-cycle, with the labels used (CSV artifact + SHA-256 tag), the pool sample, candidates, per-iteration
-losses, metrics, plots, timings and the model weights with their preprocessing spec.
+"""MLflow tracking of training: one parent run per training run (``anomalymatch train``, one retrain, one
+benchmark seed), one nested run per cycle, with the labels used (CSV artifact + SHA-256 tag), the pool
+sample, candidates, per-iteration losses, metrics, plots, timings and the model weights with their preprocessing spec.
 
 Embedded default: a SQLite store and local artifacts under the project data folder. Any tracking
 URI can be given by config or the ``MLFLOW_TRACKING_URI`` environment variable.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +15,14 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from anomalymatch.config import TrackingConfig
+from anomalymatch.model_ref import resolve_tracking_uri
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -30,16 +33,6 @@ def _mlflow():
     except ImportError as exc:  # pragma: no cover - mlflow is a core dependency
         raise ImportError("MLflow is needed for tracking: pip install 'mlflow>=3.4,<4'") from exc
     return mlflow
-
-
-def resolve_tracking_uri(tracking: TrackingConfig, data_dir: Path) -> str:
-    """Config wins, then MLFLOW_TRACKING_URI, then the embedded SQLite store under ``data_dir``."""
-    if tracking.tracking_uri:
-        return tracking.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
 
 
 def ensure_experiment(name: str, tracking_uri: str, data_dir: Path) -> str:
@@ -70,41 +63,45 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class CampaignTracker:
-    """Wraps one campaign's MLflow parent run and its nested cycle runs."""
+class RunTracker:
+    """Wraps one training run's MLflow parent run and its nested cycle runs. (A *campaign* is the user's
+    named search: its label-store row, its image sources and labels; the parent run records one training
+    run of it; the parent run's tag ``anomalymatch.kind`` keeps the value "campaign" for older stores.)"""
 
     def __init__(self, tracking: TrackingConfig, data_dir: Path) -> None:
         self.mlflow = _mlflow()
-        self.tracking_uri = resolve_tracking_uri(tracking, data_dir)
+        self.tracking_uri = resolve_tracking_uri(tracking.tracking_uri, data_dir)
         self.client = self.mlflow.MlflowClient(self.tracking_uri)
         self.experiment_id = ensure_experiment(tracking.experiment, self.tracking_uri, data_dir)
-        self.campaign_run_id: str | None = None
+        self.parent_run_id: str | None = None
         self.cycle_run_id: str | None = None
         self._pending: list = []
 
     # -- runs -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def campaign(self, name: str, config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> Iterator[str]:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"anomalymatch.kind": "campaign", **(tags or {})})
-        self.campaign_run_id = run.info.run_id
-        self.log_params(self.campaign_run_id, flatten(config))
-        self.log_dict(self.campaign_run_id, dict(config), "config.json")
+    def parent_run(self, name: str, config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={"anomalymatch.kind": "campaign", **(tags or {})}
+        )
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, flatten(config))
+        self.log_dict(self.parent_run_id, dict(config), "config.json")
         status = "FAILED"
         try:
-            yield self.campaign_run_id
+            yield self.parent_run_id
             status = "FINISHED"
         finally:
-            self.client.set_terminated(self.campaign_run_id, status)
+            self.client.set_terminated(self.parent_run_id, status)
 
     @contextlib.contextmanager
     def cycle(self, cycle: int, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-        if self.campaign_run_id is None:
-            raise RuntimeError("open a campaign (CampaignTracker.campaign) before a cycle")
+        if self.parent_run_id is None:
+            raise RuntimeError("open a parent run (RunTracker.parent_run) before a cycle")
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"cycle-{cycle}",
             tags={
-                "mlflow.parentRunId": self.campaign_run_id,
+                "mlflow.parentRunId": self.parent_run_id,
                 "anomalymatch.kind": "cycle",
                 "anomalymatch.cycle": str(cycle),
                 **(tags or {}),
@@ -160,7 +157,9 @@ class CampaignTracker:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / path.name
             local.write_bytes(data)
-            self.client.log_artifact(run_id, str(local), artifact_path=str(path.parent) if str(path.parent) != "." else None)
+            self.client.log_artifact(
+                run_id, str(local), artifact_path=str(path.parent) if str(path.parent) != "." else None
+            )
 
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
         self.log_bytes(run_id, json.dumps(data, indent=2, sort_keys=True, default=str).encode(), artifact_file)

@@ -1,5 +1,6 @@
 """A real two-cycle campaign on a real (SQLite) MLflow store: every cycle's labels, pool, candidates,
 plots and model are logged, and the oracle's picks show up in the next cycle's labels."""
+
 import hashlib
 
 import mlflow
@@ -9,10 +10,10 @@ import torch
 
 from anomalymatch.config import AppConfig, CycleConfig, FixMatchConfig, TrackingConfig
 from anomalymatch.preprocessing import PreprocessSpec
-from training.campaign import load_state, run_campaign
-from training.cycle import CampaignState
+from training.active_learning import load_state, run_cycles
+from training.cycle import LabelledPool
 from training.model import create_model
-from training.tracking import CampaignTracker
+from training.tracking import RunTracker
 from training.trainer import FixMatchTrainer
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def test_campaign_logs_every_cycle_with_its_labels(tmp_path):
     images[truth == 1, 10:22, 10:22] = 250
     ids = np.asarray([f"img{i:03d}.png" for i in range(n)], dtype=object)
     labelled = np.array([0, 6, 1, 2, 3])
-    state = CampaignState(labelled, truth[labelled], np.setdiff1d(np.arange(n), labelled))
+    state = LabelledPool(labelled, truth[labelled], np.setdiff1d(np.arange(n), labelled))
     config = AppConfig(
         data_dir=str(tmp_path),
         preprocess=PreprocessSpec(size=32),
@@ -37,9 +38,8 @@ def test_campaign_logs_every_cycle_with_its_labels(tmp_path):
     )
     torch.manual_seed(0)
     trainer = FixMatchTrainer(create_model(config.preprocess, pretrained=False), config.fixmatch, device="cpu")
-    tracker = CampaignTracker(config.tracking, tmp_path)
-    outcome = run_campaign(trainer, images, ids, state, config, tmp_path / "camp", truth=truth, tracker=tracker,
-                           name="t")
+    tracker = RunTracker(config.tracking, tmp_path)
+    outcome = run_cycles(trainer, images, ids, state, config, tmp_path / "camp", truth=truth, tracker=tracker, name="t")
 
     assert [r.cycle for r in outcome.results] == [1, 2]
     assert outcome.results[1].n_labelled == 5 + 4  # 2 true anomalies + 2 false positives moved
@@ -49,8 +49,10 @@ def test_campaign_logs_every_cycle_with_its_labels(tmp_path):
 
     client = mlflow.MlflowClient(tracker.tracking_uri)
     runs = client.search_runs([tracker.experiment_id])
-    cycles = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.run_id),
-                    key=lambda r: int(r.data.tags["anomalymatch.cycle"]))
+    cycles = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.run_id),
+        key=lambda r: int(r.data.tags["anomalymatch.cycle"]),
+    )
     assert len(cycles) == 2
     label_counts = []
     for run in cycles:
@@ -62,8 +64,15 @@ def test_campaign_logs_every_cycle_with_its_labels(tmp_path):
         assert run.data.tags["n_labels"] == str(len(rows))
         assert len(run.data.tags["labels_sha256"]) == 64
         paths = {a.path for top in ("plots", "model", "candidates", "pool") for a in client.list_artifacts(rid, top)}
-        assert {"plots/roc.png", "plots/pr.png", "plots/efficiency.png", "model/model.safetensors",
-                "model/preprocess.json", "candidates/candidates.csv", "pool/pool_ids.txt"} <= paths
+        assert {
+            "plots/roc.png",
+            "plots/pr.png",
+            "plots/efficiency.png",
+            "model/model.safetensors",
+            "model/preprocess.json",
+            "candidates/candidates.csv",
+            "pool/pool_ids.txt",
+        } <= paths
         assert {"auroc", "auprc", "precision_at_1pct", "seconds_per_iteration"} <= set(run.data.metrics)
         assert len(client.get_metric_history(rid, "mask_rate")) == 2
         pool_file = client.download_artifacts(rid, "pool/pool_ids.txt", str(tmp_path / rid))

@@ -1,4 +1,5 @@
 """`anomalymatch train` end to end on a real folder of PNGs with a labels CSV, and its errors."""
+
 import csv
 
 import numpy as np
@@ -25,16 +26,41 @@ def labelled_folder(tmp_path):
     with labels.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["filename", "label", "comment"])
-        w.writerows([["img00.png", "anomaly", "x"], ["img06.png", "anomaly", ""], ["img01.png", "normal", ""],
-                     ["img02.png", "nominal", ""], ["img03.png", "nominal", ""]])
+        w.writerows(
+            [
+                ["img00.png", "anomaly", "x"],
+                ["img06.png", "anomaly", ""],
+                ["img01.png", "normal", ""],
+                ["img02.png", "nominal", ""],
+                ["img03.png", "nominal", ""],
+            ]
+        )
     return folder, labels
 
 
 def test_train_writes_candidates_and_logs_to_mlflow(labelled_folder, tmp_path, capsys):
     folder, labels = labelled_folder
     out = tmp_path / "cands.csv"
-    code = main(["train", "--images", str(folder), "--labels", str(labels), "--iterations", "2", "--size", "32",
-                 "--top", "5", "--data-dir", str(tmp_path / "home"), "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(folder),
+            "--labels",
+            str(labels),
+            "--iterations",
+            "2",
+            "--size",
+            "32",
+            "--top",
+            "5",
+            "--data-dir",
+            str(tmp_path / "home"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
@@ -47,16 +73,36 @@ def test_train_writes_candidates_and_logs_to_mlflow(labelled_folder, tmp_path, c
     assert (tmp_path / "home" / "mlflow.db").is_file()
     assert (tmp_path / "home" / "campaigns" / "campaign" / "state.json").is_file()
     # a finished campaign resumes to "nothing left to do"
-    assert main(["train", "--images", str(folder), "--labels", str(labels), "--iterations", "2", "--size", "32",
-                 "--data-dir", str(tmp_path / "home"), "--resume", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(folder),
+                "--labels",
+                str(labels),
+                "--iterations",
+                "2",
+                "--size",
+                "32",
+                "--data-dir",
+                str(tmp_path / "home"),
+                "--resume",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_train_rejects_labels_for_unknown_files(labelled_folder, tmp_path, capsys):
     folder, _ = labelled_folder
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,label\nimg00.png,anomaly\nmissing.png,nominal\n")
-    assert main(["train", "--images", str(folder), "--labels", str(bad), "--data-dir", str(tmp_path / "h"),
-                 "--quiet"]) == 1
+    assert (
+        main(["train", "--images", str(folder), "--labels", str(bad), "--data-dir", str(tmp_path / "h"), "--quiet"])
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.png" in err and "Traceback" not in err
 
@@ -65,7 +111,9 @@ def test_train_rejects_unknown_label_values(labelled_folder, tmp_path, capsys):
     folder, _ = labelled_folder
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,label\nimg00.png,anomaly\nimg01.png,maybe\n")
-    assert main(["train", "--images", str(folder), "--labels", str(bad), "--data-dir", str(tmp_path / "h"),
-                 "--quiet"]) == 1
+    assert (
+        main(["train", "--images", str(folder), "--labels", str(bad), "--data-dir", str(tmp_path / "h"), "--quiet"])
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "maybe" in err and "Traceback" not in err

@@ -1,5 +1,6 @@
 """The main job end to end on its real data (FIRST radio galaxies from the firstgalaxydata package), made
 small: 32-pixel images and 2 FixMatch iterations per training, in a subprocess as `make demo` runs it."""
+
 from __future__ import annotations
 
 import csv
@@ -20,9 +21,26 @@ def test_demo_runs_the_labelling_loop_and_registers_both_versions(tmp_path):
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("ANOMALYMATCH_LABEL_TOKEN", None)
     home = tmp_path / "home"
-    proc = subprocess.run([sys.executable, "-m", "anomalymatch.cli", "demo", "--data-dir", str(home), "--quiet",
-                           "--iterations", "2", "--size", "32"], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anomalymatch.cli",
+            "demo",
+            "--data-dir",
+            str(home),
+            "--quiet",
+            "--iterations",
+            "2",
+            "--size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "2158 images (348 Bent)" in out

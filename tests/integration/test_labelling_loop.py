@@ -2,6 +2,7 @@
 CPU): a real ``bentoml serve`` and a real ``anomalymatch retrain --watch`` process. Pull 20 candidates with
 the CLI, label them, push them; the watcher trains a new version from the champion, registers, gates and
 promotes it; the service serves it; the posted labels are in the new run's labels artifact."""
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,9 @@ from anomalymatch.cli import main as cli
 from anomalymatch.labelstore import LabelEntry, LabelStore
 from labeling.client import Client, ServiceError
 from serving import client as scoring
-from serving.labels_api import start_watcher, stop_watcher
 from serving.launch import start_service
-from tests.unit.test_retrain import pick, tiny_config, write_campaign_images
+from serving.watcher import start_watcher, stop_watcher
+from tests.helpers.retrain import pick, tiny_config, write_campaign_images
 
 pytestmark = pytest.mark.slow
 TOKEN = "e2e-s3cret"
@@ -48,7 +49,7 @@ def test_pull_label_push_retrain_promote_serve(tmp_path, monkeypatch, capsys):
     boot = RetrainWatcher(config, store).run_once(force=True)  # the first champion
     assert boot.version == "1" and boot.promoted, boot
 
-    monkeypatch.setenv(config.retrain.token_env, TOKEN)
+    monkeypatch.setenv(config.labelstore.token_env, TOKEN)
     with start_service(config, log_path=tmp_path / "serve.log") as svc:
         watcher = start_watcher(config, tmp_path / "watcher.log")
         try:
@@ -106,8 +107,11 @@ def _run_loop(url, config, store, truth, first, tmp_path, capsys, mlflow):
         posted = {r["filename"]: r["label"] for r in rows}
 
         # The watcher trains, registers, gates and promotes version 2; the service swaps to it.
-        status = _wait(lambda: (s := client.status())["last_version"] == "2" and s["status"] != "running" and s,
-                       420, "the watcher to retrain")
+        status = _wait(
+            lambda: (s := client.status())["last_version"] == "2" and s["status"] != "running" and s,
+            420,
+            "the watcher to retrain",
+        )
         assert status["status"] == "idle" and status["last_promoted"], status
         assert status["trained_seq"] == len(first) + 20 and not status["last_error"]
         _wait(lambda: scoring.info(url)["model_version"] == "2", 60, "the service to serve version 2", 0.5)

@@ -1,6 +1,7 @@
 """Label store under real concurrent writer processes and SIGKILL: nothing committed is ever lost.
 
 SQLite always; PostgreSQL too when ANOMALYMATCH_TEST_POSTGRES_URL names a throwaway database (it is wiped)."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from anomalymatch.labelstore import LabelStore
-from tests.unit.test_labelstore import POSTGRES_URL, wipe_postgres
+from tests.helpers.labelstore import POSTGRES_URL, wipe_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +73,16 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_concurrent_writer_processes_lose_nothing(url: str, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, str(w), str(PER_WRITER), str(BATCH), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-             for w in range(N_WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, str(w), str(PER_WRITER), str(BATCH), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for w in range(N_WRITERS)
+    ]
     time.sleep(0.5)
     go.touch()
     for proc in procs:
@@ -98,8 +106,13 @@ def test_sigkill_mid_stream_loses_no_committed_batch(url: str) -> None:
     rng = random.Random(0)
     reported: set[str] = set()
     for round_ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", STREAM, url, f"r{round_}"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=_env())
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STREAM, url, f"r{round_}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
         assert proc.stdout is not None
         target = rng.randint(3, 12)
         mine = 0

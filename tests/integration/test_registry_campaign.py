@@ -1,5 +1,6 @@
 """A real two-cycle campaign with ``register=True``: each cycle becomes a registry version with its
 lineage, the id-hashed held-out labels are never trained on, and the slice stays fixed across cycles."""
+
 import csv
 import hashlib
 
@@ -11,10 +12,10 @@ import torch
 from anomalymatch.config import AppConfig, CycleConfig, FixMatchConfig, RegistryConfig, TrackingConfig
 from anomalymatch.preprocessing import PreprocessSpec
 from registry import list_versions, select_holdout
-from training.campaign import run_campaign
-from training.cycle import CampaignState
+from training.active_learning import run_cycles
+from training.cycle import LabelledPool
 from training.model import create_model
-from training.tracking import CampaignTracker
+from training.tracking import RunTracker
 from training.trainer import FixMatchTrainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -34,7 +35,7 @@ def test_campaign_registers_every_cycle_with_lineage_and_a_fixed_holdout(tmp_pat
     images[truth == 1, 10:22, 10:22] = 250
     ids = np.asarray([f"img{i:03d}.png" for i in range(n)], dtype=object)
     labelled = np.array([0, 6, 12, 18, 1, 2, 3, 4, 5, 7])
-    state = CampaignState(labelled, truth[labelled], np.setdiff1d(np.arange(n), labelled))
+    state = LabelledPool(labelled, truth[labelled], np.setdiff1d(np.arange(n), labelled))
     config = AppConfig(
         data_dir=str(tmp_path),
         preprocess=PreprocessSpec(size=32),
@@ -45,9 +46,10 @@ def test_campaign_registers_every_cycle_with_lineage_and_a_fixed_holdout(tmp_pat
     )
     torch.manual_seed(0)
     trainer = FixMatchTrainer(create_model(config.preprocess, pretrained=False), config.fixmatch, device="cpu")
-    tracker = CampaignTracker(config.tracking, tmp_path)
-    outcome = run_campaign(trainer, images, ids, state, config, tmp_path / "camp", truth=truth, tracker=tracker,
-                           name="camp", register=True)
+    tracker = RunTracker(config.tracking, tmp_path)
+    outcome = run_cycles(
+        trainer, images, ids, state, config, tmp_path / "camp", truth=truth, tracker=tracker, name="camp", register=True
+    )
 
     regs = outcome.registrations
     assert [r.version for r in regs] == ["1", "2"] and all(r.parity.passed for r in regs)

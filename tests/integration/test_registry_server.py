@@ -1,6 +1,7 @@
 """The registry against a real ``mlflow server`` (SQLite database backend, proxied artifacts): register
 with ONNX export and parity, gate-driven promotion, concurrent promotions through the lock, rollback,
 and ``mlflow.onnx.load_model("models:/anomalymatch@champion")`` over HTTP."""
+
 from __future__ import annotations
 
 import os
@@ -19,10 +20,9 @@ import torch
 from anomalymatch.config import RegistryConfig
 from anomalymatch.preprocessing import PreprocessSpec
 from anomalymatch.scoring import VERSION_KEY
-from registry import (ImageSet, list_versions, promote_to_champion, register_cycle, resolve_model,
-                      rollback_champion)
+from registry import ImageSet, list_versions, promote_to_champion, register_cycle, resolve_model, rollback_champion
 from registry.parity import score_torch
-from tests.conftest import encode_png, gradient_rgb
+from tests.helpers.images import encode_png, gradient_rgb
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +45,24 @@ def server(tmp_path_factory):
     log = open(root / "server.log", "wb")
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
+        [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -119,9 +134,19 @@ def test_register_promote_rollback_against_mlflow_server(server, images, tmp_pat
         regs = []
         for cycle, model in ((1, m0), (2, m1)):
             run_id = client.create_run(exp).info.run_id
-            regs.append(register_cycle(model, run_id, {"campaign": "srv", "cycle": cycle,
-                                                       "parent_version": regs[-1].version if regs else ""},
-                                       pool, holdout, train, tracking_uri=server, name=NAME, cfg=cfg))
+            regs.append(
+                register_cycle(
+                    model,
+                    run_id,
+                    {"campaign": "srv", "cycle": cycle, "parent_version": regs[-1].version if regs else ""},
+                    pool,
+                    holdout,
+                    train,
+                    tracking_uri=server,
+                    name=NAME,
+                    cfg=cfg,
+                )
+            )
             client.set_terminated(run_id)
     finally:
         torch.set_num_threads(before)
@@ -136,7 +161,8 @@ def test_register_promote_rollback_against_mlflow_server(server, images, tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     proto = mlflow.onnx.load_model(f"models:/{NAME}@champion")
     assert {p.key: p.value for p in proto.metadata_props}[VERSION_KEY] == f"{NAME}/2"
-    path, version = resolve_model("champion", server, NAME, tmp_path / "dl")
+    resolved = resolve_model("champion", server, tmp_path / "dl", NAME)
+    path, version = resolved.path, resolved.version
     assert version == "2" and path.is_file()
 
     # concurrent promotions through the server: one champion, an unbroken replaced_version chain

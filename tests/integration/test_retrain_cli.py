@@ -1,5 +1,6 @@
 """`anomalymatch retrain` as a user runs it: --setup (images and first labels into the label store),
 --once --force (the first champion), --status; a bad labels CSV is one clear error and keeps what was stored."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import yaml
 
 from anomalymatch.cli import main as cli
 from anomalymatch.labelstore import LabelStore
-from tests.unit.test_retrain import pick, write_campaign_images
+from tests.helpers.retrain import pick, write_campaign_images
 
 pytestmark = pytest.mark.slow
 
@@ -17,21 +18,42 @@ pytestmark = pytest.mark.slow
 def test_setup_first_champion_status_and_a_bad_labels_file(tmp_path, capsys):
     truth = write_campaign_images(tmp_path / "images", 24)
     labelled = pick(truth, 1, True, 3) + pick(truth, 0, True, 5)
-    (tmp_path / "labels.csv").write_text("filename,label\n" + "".join(
-        f"{i},{'anomaly' if truth[i] else 'normal'}\n" for i in labelled))  # the reference tool's words
+    (tmp_path / "labels.csv").write_text(
+        "filename,label\n" + "".join(f"{i},{'anomaly' if truth[i] else 'normal'}\n" for i in labelled)
+    )  # the reference tool's words
     home = tmp_path / "home"
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "fixmatch": {"batch_size": 4, "uratio": 1},
-        "cycle": {"pool_sample": 0, "top_candidates": 5},
-        "registry": {"parity_sample": 8, "parity_top_k": 4},
-        "retrain": {"pretrained": False, "device": "cpu"},
-        "workers": 1,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "fixmatch": {"batch_size": 4, "uratio": 1},
+                "cycle": {"pool_sample": 0, "top_candidates": 5},
+                "registry": {"parity_sample": 8, "parity_top_k": 4},
+                "retrain": {"pretrained": False, "device": "cpu"},
+                "workers": 1,
+            }
+        )
+    )
     common = ["--data-dir", str(home), "--config", str(config), "--quiet"]
 
-    assert cli(["retrain", "--setup", "--campaign", "survey", "--images", str(tmp_path / "images"),
-                "--labels", str(tmp_path / "labels.csv"), "--size", "32", *common]) == 0
+    assert (
+        cli(
+            [
+                "retrain",
+                "--setup",
+                "--campaign",
+                "survey",
+                "--images",
+                str(tmp_path / "images"),
+                "--labels",
+                str(tmp_path / "labels.csv"),
+                "--size",
+                "32",
+                *common,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "24 new image(s) registered" in out and "8 label(s) added" in out
 
@@ -43,8 +65,22 @@ def test_setup_first_champion_status_and_a_bad_labels_file(tmp_path, capsys):
 
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,label\nimg01.png,anomaly\nimg02.png,maybe\n")
-    assert cli(["retrain", "--setup", "--campaign", "survey", "--images", str(tmp_path / "images"),
-                "--labels", str(bad), *common]) == 1
+    assert (
+        cli(
+            [
+                "retrain",
+                "--setup",
+                "--campaign",
+                "survey",
+                "--images",
+                str(tmp_path / "images"),
+                "--labels",
+                str(bad),
+                *common,
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'maybe'" in err and "Traceback" not in err
     store = LabelStore(f"sqlite:///{home.resolve() / 'labels.db'}")

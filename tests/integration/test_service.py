@@ -4,6 +4,7 @@ Scores match the registered ONNX model within 1e-4; every kind of bad request ge
 next good request succeeds; bulk jobs run over server-side sources under the data roots only; the
 alias moving to another version is picked up without failing requests in flight. A CLI bulk job
 killed with SIGKILL resumes and its shards hold every image exactly once."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from anomalymatch.scoring import OnnxScorer
 from serving import client
 from serving.bulk import read_manifest, read_scores
 from serving.launch import start_service
-from tests.serving_support import shared_registry, write_pngs
+from tests.helpers.serving import shared_registry, write_pngs
 
 pytestmark = pytest.mark.slow
 ALIAS = "integration-live"
@@ -52,11 +53,20 @@ def _expected(registry, version, folder, ids=None):
 
 
 def test_service_end_to_end(registry, images, image_dir, tmp_path):
-    config = load_config(None, {"data_dir": str(tmp_path / "home"), "tracking.tracking_uri": registry.tracking_uri,
-                                "serving.model": f"models:/anomalymatch@{ALIAS}", "serving.port": 0,
-                                "serving.reload_interval_s": 0.5, "serving.max_images_per_request": 32,
-                                "serving.max_latency_ms": 20, "serving.data_roots": [str(images)],
-                                "serving.max_upload_bytes": 2_000_000})
+    config = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "home"),
+            "tracking.tracking_uri": registry.tracking_uri,
+            "serving.model": f"models:/anomalymatch@{ALIAS}",
+            "serving.port": 0,
+            "serving.reload_interval_s": 0.5,
+            "serving.max_images_per_request": 32,
+            "serving.max_latency_ms": 20,
+            "serving.data_roots": [str(images)],
+            "serving.max_upload_bytes": 2_000_000,
+        },
+    )
     pngs = sorted((images / "pngs").glob("*.png"))
     with start_service(config, log_path=tmp_path / "serve.log") as svc:
         info = client.info(svc.url)
@@ -148,9 +158,27 @@ def test_cli_bulk_job_killed_midway_resumes_exactly_once(registry, tmp_path):
     write_pngs(folder, 1200, size=96)
     out = tmp_path / "out"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "anomalymatch.cli", "score", "--source", str(folder), "--out", str(out),
-           "--tracking-uri", registry.tracking_uri, "--data-dir", str(tmp_path / "home"),
-           "--batch-size", "32", "--shard-rows", "64", "--workers", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "anomalymatch.cli",
+        "score",
+        "--source",
+        str(folder),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        registry.tracking_uri,
+        "--data-dir",
+        str(tmp_path / "home"),
+        "--batch-size",
+        "32",
+        "--shard-rows",
+        "64",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

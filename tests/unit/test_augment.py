@@ -1,4 +1,5 @@
 """FixMatch weak/strong augmentations and the RandAugment ops on small uint8 batches."""
+
 import numpy as np
 import pytest
 import torch
@@ -157,7 +158,7 @@ def test_translation_is_a_reflect_padded_random_crop():
     padded = nnf.pad(x.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8)  # int(0.125 * 32) = 4
     offsets = set()
     for i in range(len(x)):
-        crops = {(dy, dx): padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)}
+        crops = {(dy, dx): padded[i, :, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)}
         found = [offset for offset, crop in crops.items() if torch.equal(y[i], crop)]
         assert found, f"image {i} is not a crop of the reflect-padded input"
         offsets.add(found[0])
@@ -173,7 +174,7 @@ def test_cutout_paints_one_grey_square_in_every_image():
     for i in range(len(x)):
         rows, cols = grey[i].nonzero(as_tuple=True)
         assert len(rows), f"image {i} has no cutout"
-        box = grey[i, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = grey[i, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all() and int(box.sum()) == int(grey[i].sum()), "cutout must be one filled rectangle"
         assert max(box.shape) <= 16
         sides.append(max(box.shape))

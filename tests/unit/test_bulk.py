@@ -1,5 +1,6 @@
 """Bulk scoring engine: every image exactly once across append-only Parquet shards, the same scores
 as scoring in memory, an error report, top-N, and resumption after a crash or a cancel."""
+
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,7 @@ import pytest
 from anomalymatch.loader import load_images
 from anomalymatch.scoring import OnnxScorer
 from serving.bulk import BulkJob, JobMismatch, read_manifest, read_scores
-from tests.serving_support import export_tiny_model, write_pngs
+from tests.helpers.serving import export_tiny_model, write_pngs
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,9 @@ def test_crashed_job_resumes_without_rescoring_and_ends_exactly_once(scorer, fol
             raise _Crash
 
     with pytest.raises(_Crash):
-        BulkJob([folder], out, scorer, "7", batch_size=8, workers=2, shard_rows=16,
-                on_commit=crash_on_third_commit).run()
+        BulkJob(
+            [folder], out, scorer, "7", batch_size=8, workers=2, shard_rows=16, on_commit=crash_on_third_commit
+        ).run()
     manifest = read_manifest(out)
     assert manifest["progress"]["status"] == "running" and len(manifest["shards"]) == 3
     committed = {shard["file"] for shard in manifest["shards"]}
@@ -97,8 +99,9 @@ def test_crashed_job_resumes_without_rescoring_and_ends_exactly_once(scorer, fol
     shutil.copy(out / manifest["shards"][1]["file"], out / "shards" / "part-00003.parquet")
     scored_before = manifest["progress"]["scored"]
     seen = []
-    progress = BulkJob([folder], out, scorer, "7", batch_size=8, workers=2, shard_rows=16,
-                       on_commit=lambda p: seen.append(p.scored)).run()
+    progress = BulkJob(
+        [folder], out, scorer, "7", batch_size=8, workers=2, shard_rows=16, on_commit=lambda p: seen.append(p.scored)
+    ).run()
     assert progress.status == "done" and progress.scored == 90 and progress.skipped == 2
     assert seen[0] - scored_before <= 16 + 8  # the first new shard starts after the committed ones
     keys, scores, _ = _rows(out)

@@ -1,4 +1,8 @@
 """Config: YAML defaults, command-line overrides, validation, hashing."""
+
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from anomalymatch.config import AppConfig, load_config
@@ -50,3 +54,44 @@ def test_missing_config_file(tmp_path):
 def test_data_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ANOMALYMATCH_HOME", str(tmp_path))
     assert load_config().data_path == tmp_path.resolve()
+
+
+def test_moved_keys_say_where_they_went(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("serving:\n  bulk_workers: 4\nretrain:\n  token_env: MY_TOKEN\n")
+    with pytest.raises(
+        ValueError,
+        match=r"serving.bulk_workers is now workers .*retrain.token_env is now "
+        r"labelstore.token_env",
+    ):
+        load_config(path)
+
+
+def test_hash_covers_the_recipe_sections_only():
+    base = AppConfig()
+    assert base.replace(serving=dataclasses.replace(base.serving, port=1234)).config_hash() == base.config_hash()
+    assert base.replace(workers=7).config_hash() == base.config_hash()
+    changed = base.replace(fixmatch=dataclasses.replace(base.fixmatch, backbone_lr_scale=0.5))
+    assert changed.config_hash() != base.config_hash()
+
+
+def test_study_knobs_are_validated():
+    with pytest.raises(ValueError, match="head_init"):
+        load_config(None, {"fixmatch.head_init": "magic"})
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        load_config(None, {"fixmatch.backbone_lr_scale": 2.0})
+
+
+def test_serving_dependencies_are_listed_once():
+    """deploy/bentofile.yaml installs exactly pyproject's core dependencies plus its [serving] extra."""
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    expected = set(project["dependencies"]) | set(project["optional-dependencies"]["serving"])
+    bento = yaml.safe_load((root / "deploy" / "bentofile.yaml").read_text())
+    assert set(bento["python"]["packages"]) == expected
+    assert not any(dep.startswith(("torch", "timm")) for dep in expected)  # the service stays torch-free
+    assert 'pip install --no-cache-dir -e ".[serving]"' in (root / "deploy" / "Dockerfile").read_text()

@@ -1,9 +1,10 @@
 """Active-learning bookkeeping: labelled and pool never overlap; oracle picks move from pool to labelled."""
+
 import numpy as np
 import pytest
 
 from training.benchmark import split_protocol
-from training.cycle import CampaignState, oracle_picks, select_candidates
+from training.cycle import LabelledPool, oracle_picks, select_candidates
 
 
 def test_split_protocol_is_disjoint_and_exact():
@@ -29,8 +30,8 @@ def test_split_protocol_names_shortage():
 
 def test_state_rejects_overlap_and_label_moves_images():
     with pytest.raises(ValueError, match="also in the pool"):
-        CampaignState([0, 1], [1, 0], [1, 2, 3])
-    state = CampaignState([0, 1], [1, 0], [2, 3, 4, 5])
+        LabelledPool([0, 1], [1, 0], [1, 2, 3])
+    state = LabelledPool([0, 1], [1, 0], [2, 3, 4, 5])
     state.label(np.array([4, 2]), np.array([1, 0]))
     assert sorted(state.pool_idx.tolist()) == [3, 5]
     assert state.labelled_idx.tolist() == [0, 1, 4, 2] and state.labelled_y.tolist() == [1, 0, 1, 0]
@@ -54,5 +55,5 @@ def test_select_candidates_breaks_ties_by_id():
 
 def test_label_table_of_state():
     ids = np.array(["x", "y", "z"], dtype=object)
-    table = CampaignState([2, 0], [1, 0], [1]).label_table(ids)
+    table = LabelledPool([2, 0], [1, 0], [1]).label_table(ids)
     assert dict((k, v.value) for k, v in table.as_dict().items()) == {"z": "anomaly", "x": "nominal"}

@@ -1,14 +1,16 @@
 """Decoding every file kind to uint8 RGB, FITS stretches, and the JPEG draft fast path."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from anomalymatch.decode import decode_image, decode_native, probe_image
+from anomalymatch.errors import DecodeError
 from anomalymatch.fits import clean_nonfinite, stretch_plane, stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch, Interpolation, PreprocessSpec
-from anomalymatch.transform import DecodeError, crop_box, to_model_size
-from tests.conftest import BROKEN_EXPECTED, SYNTH, encode_jpeg, encode_png, gradient_rgb, valid_files
+from anomalymatch.transform import crop_box, to_model_size
+from tests.helpers.images import BROKEN_EXPECTED, SYNTH, encode_jpeg, encode_png, gradient_rgb, valid_files
 
 H, W = SYNTH["rgb"].shape[:2]
 
@@ -100,13 +102,20 @@ def test_stretch_edge_cases():
     assert three[0, 0, 0] == 0 and three[0, 0, 1] == 255  # each channel has its own limits
 
 
-@pytest.mark.parametrize("name, data, word", [
-    ("corrupt.png", np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8).tobytes(), "unknown image format"),
-    ("empty.jpg", b"", "empty"),
-    ("note.png", b"hello world", "named like png"),
-    ("trunc.jpg", encode_jpeg(gradient_rgb(64, 64))[:400], "jpeg decode failed"),
-    ("trunc.png", encode_png(gradient_rgb(64, 64))[:300], "png decode failed"),
-])
+@pytest.mark.parametrize(
+    "name, data, word",
+    [
+        (
+            "corrupt.png",
+            np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+            "unknown image format",
+        ),
+        ("empty.jpg", b"", "empty"),
+        ("note.png", b"hello world", "named like png"),
+        ("trunc.jpg", encode_jpeg(gradient_rgb(64, 64))[:400], "jpeg decode failed"),
+        ("trunc.png", encode_png(gradient_rgb(64, 64))[:300], "png decode failed"),
+    ],
+)
 def test_bad_bytes_raise_decode_error_with_reason(name, data, word):
     with pytest.raises(DecodeError) as info:
         decode_image(data, name, PreprocessSpec(size=16))

@@ -1,4 +1,5 @@
 """FixMatch loss, EMA and samplers on small real tensors."""
+
 import copy
 
 import numpy as np

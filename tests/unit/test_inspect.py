@@ -1,4 +1,5 @@
 """``anomalymatch inspect`` on real folders, HDF5 files and the shared GZ1 archive."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import pytest
 
 from anomalymatch import inspect as inspect_verb
 from anomalymatch.cli import main
-from tests.conftest import BROKEN_EXPECTED, valid_files
+from tests.helpers.images import BROKEN_EXPECTED, valid_files
 
 GZ1_ZIP = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gz1" / "images.zip"
 
@@ -70,7 +71,7 @@ def test_inspect_missing_path_exits_2_with_a_clear_message(tmp_path, capsys):
 
 
 def test_decoding_modules_never_import_torch():
-    modules = "anomalymatch, anomalymatch.inspect, anomalymatch.hdf5, anomalymatch.zip_source"
+    modules = "anomalymatch, anomalymatch.inspect, anomalymatch.sources.hdf5, anomalymatch.sources.archive"
     code = f"import sys, {modules}; sys.exit(1 if 'torch' in sys.modules else 0)"
     repo = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=repo, timeout=60).returncode == 0

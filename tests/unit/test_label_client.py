@@ -1,6 +1,7 @@
 """The client side without a service: the label sheet written by ``pull`` and read by ``push`` (empty labels
 skipped, every bad value reported with its spreadsheet row before anything is sent), the accepted label
 shapes, and the CLI's arguments."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,11 +12,14 @@ from labeling.client import CSV_COLUMNS, _entries, read_label_sheet, write_label
 
 
 def test_sheet_round_trip_skips_empty_labels(tmp_path):
-    path = write_label_sheet(tmp_path / "labels.csv", [
-        ["sub/a.png", "", "0.91", 1, "images/0001_a.png", ""],
-        ["b.fits", " Anomaly ", "0.80", 2, "images/0002_b.fits", "lensed arc"],
-        ["c.png", "normal", "0.70", 3, "images/0003_c.png", ""],
-    ])
+    path = write_label_sheet(
+        tmp_path / "labels.csv",
+        [
+            ["sub/a.png", "", "0.91", 1, "images/0001_a.png", ""],
+            ["b.fits", " Anomaly ", "0.80", 2, "images/0002_b.fits", "lensed arc"],
+            ["c.png", "normal", "0.70", 3, "images/0003_c.png", ""],
+        ],
+    )
     assert path.read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
     assert read_label_sheet(path) == [
         {"image_id": "b.fits", "label": "anomaly", "comment": "lensed arc"},
@@ -29,7 +33,9 @@ def test_bad_values_are_reported_with_rows_before_sending(tmp_path):
     with pytest.raises(LabelError) as err:
         read_label_sheet(path)
     message = str(err.value)
-    assert "'maybe' in row 3" in message and "'1' in row 4" in message and "row 5 has a label but no filename" in message
+    assert (
+        "'maybe' in row 3" in message and "'1' in row 4" in message and "row 5 has a label but no filename" in message
+    )
     assert "nothing was sent" in message
     (tmp_path / "nolabel.csv").write_text("filename,score\na.png,0.5\n")
     with pytest.raises(LabelError, match="label column"):
@@ -39,8 +45,9 @@ def test_bad_values_are_reported_with_rows_before_sending(tmp_path):
 def test_other_columns_user_and_time_are_kept(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("image_id,Label,user,time\na.png,nominal,ann,2024-05-01T12:00:00Z\n")
-    assert read_label_sheet(path) == [{"image_id": "a.png", "label": "nominal", "user": "ann",
-                                       "time": "2024-05-01T12:00:00Z"}]
+    assert read_label_sheet(path) == [
+        {"image_id": "a.png", "label": "nominal", "user": "ann", "time": "2024-05-01T12:00:00Z"}
+    ]
 
 
 def test_label_shapes_the_client_accepts():
@@ -53,8 +60,9 @@ def test_label_shapes_the_client_accepts():
 
 def test_cli_verbs_parse():
     parser = build_parser()
-    args = parser.parse_args(["label", "--url", "http://h:1", "pull", "--n", "5", "--out", "d", "--strategy",
-                              "uncertain"])
+    args = parser.parse_args(
+        ["label", "--url", "http://h:1", "pull", "--n", "5", "--out", "d", "--strategy", "uncertain"]
+    )
     assert (args.action, args.n, args.strategy, str(args.out), args.url) == ("pull", 5, "uncertain", "d", "http://h:1")
     args = parser.parse_args(["label", "push", "f.csv", "--user", "ann"])
     assert (args.action, str(args.csv), args.user) == ("push", "f.csv", "ann")

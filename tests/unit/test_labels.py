@@ -1,4 +1,5 @@
 """Labels: word parsing, the label table, and every error the CSV reader reports, on real files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,7 @@ def test_reference_tool_csv(tmp_path: Path) -> None:
 
 
 def test_bom_extras_and_round_trip(tmp_path: Path) -> None:
-    path = _write(tmp_path, "Image,Label,user,note\nx.jpg,anomaly,ana,\"merger, maybe\"\ny.jpg,nominal,bo,\n",
-                  bom=True)
+    path = _write(tmp_path, 'Image,Label,user,note\nx.jpg,anomaly,ana,"merger, maybe"\ny.jpg,nominal,bo,\n', bom=True)
     table = read_labels(path)
     assert table.ids == ("x.jpg", "y.jpg")
     assert table.extra == {"user": ("ana", "bo"), "note": ("merger, maybe", "")}
@@ -108,7 +108,9 @@ def test_empty_filename_and_short_row(tmp_path: Path) -> None:
 def test_duplicates(tmp_path: Path) -> None:
     table = read_labels(_write(tmp_path, "filename,label\na,anomaly\nb,nominal\na,ANOMALY\n"))
     assert table.ids == ("a", "b")
-    with pytest.raises(LabelError, match=r"1 conflicting duplicates: \[\"'a' is anomaly in row 2 but nominal in row 4\"\]"):
+    with pytest.raises(
+        LabelError, match=r"1 conflicting duplicates: \[\"'a' is anomaly in row 2 but nominal in row 4\"\]"
+    ):
         read_labels(_write(tmp_path, "filename,label\na,anomaly\nb,nominal\na,nominal\n"))
 
 

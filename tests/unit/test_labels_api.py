@@ -1,6 +1,7 @@
 """The labelling endpoints' logic on a real SQLite label store and real image files: candidates exclude
 labelled images, every kind of bad write gets a clear 4xx and writes nothing, the token is required,
 images come back as their original bytes, and the module stays torch-free."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,13 +11,20 @@ import numpy as np
 import pytest
 
 from anomalymatch.campaign_images import setup_campaign
-from anomalymatch.config import AppConfig, RetrainConfig
+from anomalymatch.config import AppConfig, LabelStoreConfig, RetrainConfig
 from anomalymatch.labelstore import LabelStore
 from anomalymatch.retrain_state import RetrainState, state_path, write_state
-from serving.labels_api import (LabelsApi, bearer_token, check_token, fetch_image, get_candidates, post_labels,
-                                retrain_status)
+from serving.labels_api import (
+    LabelsApi,
+    bearer_token,
+    check_token,
+    fetch_image,
+    get_candidates,
+    post_labels,
+    retrain_status,
+)
 from serving.uploads import RequestError
-from tests.conftest import encode_png, gradient_rgb
+from tests.helpers.images import encode_png, gradient_rgb
 
 IDS = [f"img{i}.png" for i in range(8)]
 
@@ -66,12 +74,17 @@ def test_bad_candidate_requests_are_400(store):
 
 
 def test_unknown_image_or_label_value_is_422_and_writes_nothing(store):
-    err = _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly"},
-                                       {"image_id": "nope.png", "label": "anomaly"}])
-    assert err.status == 422 and "nope.png" in err.message and err.detail == [{"id": "nope.png",
-                                                                             "reason": "unknown image id"}]
-    err = _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly"},
-                                       {"image_id": "img2.png", "label": "weird"}])
+    err = _status(
+        post_labels, store, [{"image_id": "img1.png", "label": "anomaly"}, {"image_id": "nope.png", "label": "anomaly"}]
+    )
+    assert (
+        err.status == 422
+        and "nope.png" in err.message
+        and err.detail == [{"id": "nope.png", "reason": "unknown image id"}]
+    )
+    err = _status(
+        post_labels, store, [{"image_id": "img1.png", "label": "anomaly"}, {"image_id": "img2.png", "label": "weird"}]
+    )
     assert err.status == 422 and "'weird'" in err.message and "anomaly" in err.message
     assert err.detail[0]["value"] == "weird"
     err = _status(post_labels, store, [{"image_id": "img1.png", "label": "anomaly", "colour": "red"}])
@@ -108,8 +121,9 @@ def test_labels_api_needs_the_token_from_env_or_file(tmp_path, monkeypatch, stor
     monkeypatch.delenv("TEST_LABEL_TOKEN", raising=False)
     token_file = tmp_path / "token.txt"
     token_file.write_text("from-file\n")
-    config = AppConfig(data_dir=str(tmp_path),
-                       retrain=RetrainConfig(token_env="TEST_LABEL_TOKEN", token_file=str(token_file)))
+    config = AppConfig(
+        data_dir=str(tmp_path), labelstore=LabelStoreConfig(token_env="TEST_LABEL_TOKEN", token_file=str(token_file))
+    )
     api = LabelsApi(config)
     entry = [{"image_id": "img1.png", "label": "anomaly"}]
     assert _status(api.post, entry, "", "", None).status == 401
@@ -167,6 +181,9 @@ def test_retrain_status_reads_the_watchers_state(tmp_path, store):
 
 
 def test_labels_api_is_torch_free():
-    code = ("import sys, serving.labels_api, labeling.client, labeling.cli, anomalymatch.retrain_state; "
-            "bad = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, serving.labels_api, serving.watcher, labeling.client, labeling.cli, "
+        "anomalymatch.retrain_state; "
+        "bad = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,15 +2,14 @@
 
 SQLite always; set ANOMALYMATCH_TEST_POSTGRES_URL to a throwaway database (it is wiped) to run the store
 tests on PostgreSQL too, e.g. postgresql+psycopg://postgres@/scratch?host=/tmp&port=5432."""
+
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from anomalymatch.config import AppConfig, LabelStoreConfig, load_config
 from anomalymatch.labels import Label, LabelError, LabelTable, read_labels
@@ -25,20 +24,10 @@ from anomalymatch.labelstore import (
     UnknownImageError,
     resolve_labelstore_url,
 )
+from tests.helpers.labelstore import POSTGRES_URL, wipe_postgres
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 IDS = [f"field{f}/img{i:03d}.png" for f in range(2) for i in range(10)]
-
-
-POSTGRES_URL = os.environ.get("ANOMALYMATCH_TEST_POSTGRES_URL")
-
-
-def wipe_postgres(url: str) -> str:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    engine.dispose()
-    return url
 
 
 @pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES_URL else []))
@@ -75,10 +64,14 @@ def test_register_images_is_idempotent(store: LabelStore) -> None:
 
 def test_unknown_image_rejected_and_nothing_written(store: LabelStore) -> None:
     store.add_labels([LabelEntry(IDS[0], "anomaly", "ann", T0)])
-    batch = [LabelEntry(IDS[1], "anomaly", "ann"), LabelEntry("ghost/b.png", "nominal"),
-             LabelEntry("ghost/a.png", "nominal")]
-    with pytest.raises(UnknownImageError, match=r"2 image ids are not registered.*\['ghost/a.png', 'ghost/b.png'\]") \
-            as err:
+    batch = [
+        LabelEntry(IDS[1], "anomaly", "ann"),
+        LabelEntry("ghost/b.png", "nominal"),
+        LabelEntry("ghost/a.png", "nominal"),
+    ]
+    with pytest.raises(
+        UnknownImageError, match=r"2 image ids are not registered.*\['ghost/a.png', 'ghost/b.png'\]"
+    ) as err:
         store.add_labels(batch, key="k-unknown")
     assert err.value.ids == ["ghost/a.png", "ghost/b.png"] and isinstance(err.value, LabelStoreError)
     assert store.last_seq() == 1 and store.labelled_ids() == {IDS[0]}
@@ -87,17 +80,23 @@ def test_unknown_image_rejected_and_nothing_written(store: LabelStore) -> None:
 
 
 def test_bad_label_value_rejected_and_nothing_written(store: LabelStore) -> None:
-    batch = [{"image_id": IDS[0], "label": "anomaly"}, {"image_id": IDS[1], "label": "maybe"},
-             {"image_id": IDS[2], "label": "1"}, {"image_id": IDS[3], "label": "maybe"}]
+    batch = [
+        {"image_id": IDS[0], "label": "anomaly"},
+        {"image_id": IDS[1], "label": "maybe"},
+        {"image_id": IDS[2], "label": "1"},
+        {"image_id": IDS[3], "label": "maybe"},
+    ]
     with pytest.raises(BadLabelError, match=r"'maybe' \(entries \[1, 3\]\); '1' \(entries \[2\]\)") as err:
         store.add_labels(batch)
     assert err.value.values == ["maybe", "1"]
     assert isinstance(err.value, LabelError) and isinstance(err.value, LabelStoreError)
     assert store.last_seq() == 0 and store.history() == []
-    for bad, message in [({"image_id": IDS[0]}, "needs image_id and label"),
-                         ({"image_id": IDS[0], "label": "anomaly", "score": 1}, r"unknown fields \['score'\]"),
-                         ({"image_id": "", "label": "anomaly"}, "non-empty"),
-                         ({"image_id": IDS[0], "label": "anomaly", "time": "yesterday"}, "ISO 8601")]:
+    for bad, message in [
+        ({"image_id": IDS[0]}, "needs image_id and label"),
+        ({"image_id": IDS[0], "label": "anomaly", "score": 1}, r"unknown fields \['score'\]"),
+        ({"image_id": "", "label": "anomaly"}, "non-empty"),
+        ({"image_id": IDS[0], "label": "anomaly", "time": "yesterday"}, "ISO 8601"),
+    ]:
         with pytest.raises(BadLabelError, match=message):
             store.add_labels([bad])
     assert store.last_seq() == 0
@@ -111,8 +110,11 @@ def test_history_keeps_everything_current_is_latest(store: LabelStore) -> None:
     # posted last but labelled earlier (an offline client): history grows, the current label does not change
     store.add_labels([LabelEntry(a, "anomaly", "cy", T0 + timedelta(minutes=30))])
     history = store.history(a)
-    assert [(r.seq, r.label, r.user) for r in history] == [(1, Label.ANOMALY, "ann"), (2, Label.NOMINAL, "bo"),
-                                                          (4, Label.ANOMALY, "cy")]
+    assert [(r.seq, r.label, r.user) for r in history] == [
+        (1, Label.ANOMALY, "ann"),
+        (2, Label.NOMINAL, "bo"),
+        (4, Label.ANOMALY, "cy"),
+    ]
     assert history[0].comment == "looks merging" and history[0].time == T0
     current = store.current_labels()
     assert current.as_dict() == {a: Label.NOMINAL, b: Label.NOMINAL}
@@ -132,8 +134,10 @@ def test_idempotent_reposts(store: LabelStore) -> None:
     with pytest.raises(IdempotencyConflictError, match="client-42.*different batch"):
         store.add_labels(batch[:1], key="client-42")
     # without a key, an identical (image, label, user, time) event is stored once, also within a batch
-    timed = [LabelEntry(IDS[2], "anomaly", "bo", T0), {"image_id": IDS[2], "label": "ANOMALY", "user": "bo",
-                                                       "time": "2024-05-01T14:00:00+02:00"}]
+    timed = [
+        LabelEntry(IDS[2], "anomaly", "bo", T0),
+        {"image_id": IDS[2], "label": "ANOMALY", "user": "bo", "time": "2024-05-01T14:00:00+02:00"},
+    ]
     assert store.add_labels(timed).added == 1
     result = store.add_labels(timed + [LabelEntry(IDS[3], "nominal", "bo", T0)])
     assert (result.added, result.skipped) == (1, 2)
@@ -144,7 +148,7 @@ def test_labels_since_sequence_and_time(store: LabelStore) -> None:
     assert store.last_seq() == 0 and store.count_labels_since(0) == 0
     store.add_labels([LabelEntry(i, "nominal") for i in IDS[:3]])
     mark = store.last_seq()
-    between = datetime.now(timezone.utc)
+    between = datetime.now(UTC)
     store.add_labels([LabelEntry(i, "anomaly", "bo") for i in IDS[3:5]])
     assert mark == 3 and store.count_labels_since(mark) == 2
     assert [r.image_id for r in store.labels_since(mark)] == IDS[3:5]
@@ -162,8 +166,9 @@ def test_reference_csv_round_trip(store: LabelStore, tmp_path: Path) -> None:
     result = store.import_csv(reference, user="ref")
     assert result.added == 3 and store.import_csv(reference, user="ref").replayed
     exported = store.export_csv(tmp_path / "out" / "labeled_data.csv")
-    assert exported.read_text() == ("filename,label\ndeep/sky/solo.png,normal\nfield0/img001.png,anomaly\n"
-                                    "field1/img003.png,normal\n")
+    assert exported.read_text() == (
+        "filename,label\ndeep/sky/solo.png,normal\nfield0/img001.png,anomaly\nfield1/img003.png,normal\n"
+    )
     assert read_labels(exported) == store.current_labels(with_extra=False)
     with LabelStore(f"sqlite:///{tmp_path / 'copy.db'}") as copy:
         copy.register_images([*IDS, "deep/sky/solo.png"])
@@ -175,17 +180,24 @@ def test_reference_csv_round_trip(store: LabelStore, tmp_path: Path) -> None:
 
 
 def test_own_csv_format_round_trip(store: LabelStore, tmp_path: Path) -> None:
-    store.add_labels([LabelEntry(IDS[0], "anomaly", "ann", T0, "arc, faint"),
-                      LabelEntry(IDS[1], "nominal", "bo", T0 + timedelta(seconds=1))])
+    store.add_labels(
+        [
+            LabelEntry(IDS[0], "anomaly", "ann", T0, "arc, faint"),
+            LabelEntry(IDS[1], "nominal", "bo", T0 + timedelta(seconds=1)),
+        ]
+    )
     path = store.export_csv(tmp_path / "ours.csv", CsvFormat.ANOMALYMATCH)
-    assert path.read_text().splitlines()[:2] == ["filename,label,user,time,comment",
-                                                f'{IDS[0]},anomaly,ann,2024-05-01T12:00:00.000000Z,"arc, faint"']
+    assert path.read_text().splitlines()[:2] == [
+        "filename,label,user,time,comment",
+        f'{IDS[0]},anomaly,ann,2024-05-01T12:00:00.000000Z,"arc, faint"',
+    ]
     assert store.import_csv(path, key="again").added == 0  # same (image, label, user, time): no duplicates
     with LabelStore(f"sqlite:///{tmp_path / 'copy.db'}") as copy:
         copy.register_images(IDS)
         assert copy.import_csv(path).added == 2
-        assert [(r.image_id, r.user, r.time, r.comment) for r in copy.history()] == \
-            [(r.image_id, r.user, r.time, r.comment) for r in store.history()]
+        assert [(r.image_id, r.user, r.time, r.comment) for r in copy.history()] == [
+            (r.image_id, r.user, r.time, r.comment) for r in store.history()
+        ]
     history = store.export_history(tmp_path / "history.csv").read_text().splitlines()
     assert history[0] == "seq,filename,label,user,time,comment,recorded_at,batch_key" and len(history) == 3
 

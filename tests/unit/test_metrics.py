@@ -1,4 +1,5 @@
 """Ranking metrics: agreement with scikit-learn, hand-worked cases, tie-breaking by id, edge pools."""
+
 from __future__ import annotations
 
 import math

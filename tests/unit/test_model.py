@@ -1,4 +1,5 @@
 """The model: offline ImageNet weights mapped onto timm, normalisation inside, safetensors I/O."""
+
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,7 @@
 """The model registry on a real SQLite MLflow store with tiny real models and real decoded PNGs:
 lineage tags, torch-vs-ONNX parity (and a broken export caught), the gate, aliases, rollback,
 concurrent promotions, the CLI and ``mlflow.onnx.load_model("models:/...@champion")``."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,26 @@ import torch
 from anomalymatch.config import RegistryConfig
 from anomalymatch.preprocessing import PreprocessSpec
 from anomalymatch.scoring import SPEC_KEY, VERSION_KEY, OnnxScorer
-from registry import (ImageSet, LockTimeout, PromotionError, check_parity, compare_scores, evaluate_gate,
-                      hold_promotion_lock, holdout_metrics, holdout_position, promote_to_champion, register_cycle,
-                      resolve_model, rollback_champion, select_holdout, show_version)
+from registry import (
+    ImageSet,
+    LockTimeout,
+    PromotionError,
+    check_parity,
+    compare_scores,
+    evaluate_gate,
+    hold_promotion_lock,
+    holdout_metrics,
+    holdout_position,
+    promote_to_champion,
+    register_cycle,
+    resolve_model,
+    rollback_champion,
+    select_holdout,
+    show_version,
+)
 from registry.onnx_export import export_onnx
 from registry.parity import score_torch
-from tests.conftest import encode_png, gradient_rgb
+from tests.helpers.images import encode_png, gradient_rgb
 
 SPEC = PreprocessSpec(size=32)
 CFG = RegistryConfig(parity_top_k=10)
@@ -80,10 +95,17 @@ def _register(store, images, model, name, cycle=1, holdout_y=None, export=None, 
     if holdout_y is not None:
         holdout = ImageSet(holdout.images, holdout.ids, np.asarray(holdout_y, dtype=np.int64))
     run_id = client.create_run(exp).info.run_id
-    lineage = {"campaign": "test", "cycle": cycle, "pool_sha256": "ab" * 32, "config_hash": "cd" * 32,
-               "parent_version": parent, "metrics": {"auprc": 0.5, "auroc": float("nan")}}
-    reg = register_cycle(model, run_id, lineage, pool, holdout, train, tracking_uri=uri, name=name, cfg=cfg,
-                         export=export)
+    lineage = {
+        "campaign": "test",
+        "cycle": cycle,
+        "pool_sha256": "ab" * 32,
+        "config_hash": "cd" * 32,
+        "parent_version": parent,
+        "metrics": {"auprc": 0.5, "auroc": float("nan")},
+    }
+    reg = register_cycle(
+        model, run_id, lineage, pool, holdout, train, tracking_uri=uri, name=name, cfg=cfg, export=export
+    )
     client.set_terminated(run_id)
     return reg
 
@@ -117,8 +139,19 @@ def test_first_version_has_lineage_passes_parity_and_is_champion(store, first, t
     assert first.promotion is not None and first.challenger
     mv = client.get_model_version("am-first", "1")
     tags = mv.tags
-    for key in ("campaign", "cycle", "labels_sha256", "n_labels", "n_anomalies", "holdout_sha256", "n_holdout",
-                "pool_sha256", "config_hash", "parent_version", "metrics"):
+    for key in (
+        "campaign",
+        "cycle",
+        "labels_sha256",
+        "n_labels",
+        "n_anomalies",
+        "holdout_sha256",
+        "n_holdout",
+        "pool_sha256",
+        "config_hash",
+        "parent_version",
+        "metrics",
+    ):
         assert key in tags, key
     assert len(tags["labels_sha256"]) == 64 and tags["n_labels"] == "8" and tags["n_anomalies"] == "2"
     assert tags["n_holdout"] == "12" and tags["cycle"] == "1" and tags["campaign"] == "test"
@@ -132,20 +165,21 @@ def test_first_version_has_lineage_passes_parity_and_is_champion(store, first, t
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta[VERSION_KEY] == "am-first/1" and PreprocessSpec.from_json(meta[SPEC_KEY]) == SPEC
     assert proto.opset_import[0].version >= 17
-    path, version = resolve_model("models:/am-first@champion", uri, "am-first", tmp_path / "a")
+    resolved = resolve_model("models:/am-first@champion", uri, tmp_path / "a", "am-first")
+    path, version = resolved.path, resolved.version
     assert version == "1" and path.name == "model.onnx"
     scorer = OnnxScorer(path)
     assert scorer.model_version == "am-first/1"
-    assert resolve_model("1", uri, "am-first", tmp_path / "b").version == "1"
-    assert resolve_model("champion", uri, "am-first", tmp_path / "c").version == "1"
+    assert resolve_model("1", uri, tmp_path / "b", "am-first").version == "1"
+    assert resolve_model("champion", uri, tmp_path / "c", "am-first").version == "1"
     assert resolve_model(str(path)).version == "1"
     with pytest.raises(LookupError, match="no alias 'nope'"):
-        resolve_model("models:/am-first@nope", uri, "am-first")
+        resolve_model("models:/am-first@nope", uri, registered_model="am-first")
 
 
 def test_exported_model_scores_like_torch_on_real_images(store, first, images, models, tmp_path):
     uri, _, _ = store
-    path, _ = resolve_model("1", uri, "am-first", tmp_path)
+    path = resolve_model("1", uri, tmp_path, "am-first").path
     onnx_scores = OnnxScorer(path).score(images.images)
     assert np.abs(onnx_scores - score_torch(models[0], images.images)).max() <= 1e-4
     assert onnx_scores.std() > 1e-3  # real, varied scores: the ranking check means something
@@ -364,8 +398,9 @@ def test_lock_blocks_other_promoters_until_released_and_stale_locks_are_broken(s
             promote_to_champion(other, uri, name, force=True, reason="x", lock_timeout=0.3)
     assert promote_to_champion(other, uri, name, force=True, reason="x").champion == other
     # a crashed holder: its lock is older than stale_after and gets broken
-    client.create_registered_model("am-first.promotion-lock",
-                                   tags={"anomalymatch.lock_token": "dead", "anomalymatch.lock_since": "0"})
+    client.create_registered_model(
+        "am-first.promotion-lock", tags={"anomalymatch.lock_token": "dead", "anomalymatch.lock_since": "0"}
+    )
     t0 = time.monotonic()
     with hold_promotion_lock(client, name, timeout=5, stale_after=60) as token:
         assert client.get_registered_model("am-first.promotion-lock").tags["anomalymatch.lock_token"] == token

@@ -2,6 +2,7 @@
 an MLflow registry on SQLite, a tiny model (32 px, 2 iterations). A retrain registers, gates and promotes;
 the next one starts from the champion's weights; labels posted during a run queue the next; a failure is
 reported and leaves the champion; only one retrain runs at a time; the status rules."""
+
 from __future__ import annotations
 
 import csv
@@ -9,57 +10,16 @@ import os
 import shutil
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from anomalymatch.campaign_images import campaign_images, setup_campaign
-from anomalymatch.config import (AppConfig, CycleConfig, FixMatchConfig, RegistryConfig, RetrainConfig,
-                                 TrackingConfig)
+from anomalymatch.config import RetrainConfig
 from anomalymatch.labelstore import LabelEntry, LabelStore
 from anomalymatch.preprocessing import PreprocessSpec
-from anomalymatch.retrain_state import (RetrainState, evaluate, read_state, retrain_due, state_path,
-                                        write_state)
-from registry.holdout import holdout_position
-from tests.conftest import encode_png, gradient_rgb
-
-FRACTION = 0.5
-
-
-def tiny_config(root, **retrain) -> AppConfig:
-    return AppConfig(
-        data_dir=str(root / "home"),
-        preprocess=PreprocessSpec(size=32),
-        fixmatch=FixMatchConfig(batch_size=4, uratio=1),
-        cycle=CycleConfig(iterations=2, top_candidates=5, pool_sample=0, score_batch_size=16),
-        tracking=TrackingConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="retrain-test"),
-        registry=RegistryConfig(holdout_fraction=FRACTION, parity_sample=8, parity_top_k=4,
-                                gate_auprc_tolerance=1.0, gate_precision_tolerance=1.0),
-        retrain=RetrainConfig(**{"min_labels": 4, "poll_s": 0.1, "pretrained": False, "device": "cpu", **retrain}),
-        workers=1,
-    )
-
-
-def write_campaign_images(folder, n: int = 36) -> dict[str, int]:
-    """n real PNGs; anomalies have a bright square. Returns id -> truth."""
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for i in range(n):
-        img = gradient_rgb(40, 40, seed=i)
-        name = f"img{i:02d}.png"
-        truth[name] = int(i % 4 == 0)
-        if truth[name]:
-            img[10:30, 10:30] = 250
-        (folder / name).write_bytes(encode_png(img))
-    return truth
-
-
-def pick(truth: dict[str, int], cls: int, held: bool, k: int, skip=()) -> list[str]:
-    """k ids of class ``cls`` inside (held) or outside the registry's id-hashed holdout slice."""
-    ids = [i for i, y in sorted(truth.items()) if y == cls and (holdout_position(i) < FRACTION) == held
-           and i not in skip]
-    assert len(ids) >= k, (cls, held, ids)
-    return ids[:k]
+from anomalymatch.retrain_state import RetrainState, evaluate, read_state, retrain_due, state_path, write_state
+from tests.helpers.retrain import pick, tiny_config, write_campaign_images
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +29,7 @@ def world(tmp_path_factory):
     config = tiny_config(root)
     store = LabelStore.from_config(config.labelstore, config.data_path)
     setup_campaign(store, "unit", [root / "images"], config.preprocess)
-    first = (pick(truth, 1, True, 1) + pick(truth, 1, False, 2) + pick(truth, 0, True, 2) + pick(truth, 0, False, 3))
+    first = pick(truth, 1, True, 1) + pick(truth, 1, False, 2) + pick(truth, 0, True, 2) + pick(truth, 0, False, 3)
     store.add_labels([LabelEntry(i, "anomaly" if truth[i] else "nominal", "ann") for i in first], key="first")
     return root, truth, config, store, first
 
@@ -194,7 +154,7 @@ def test_due_rules_and_status_transitions(tmp_path):
     path = state_path(tmp_path)
     assert evaluate(read_state(path), store, cfg)["status"] == "idle"
     store.add_labels([LabelEntry("a.png", "anomaly")])
-    later = datetime.now(timezone.utc) + timedelta(minutes=11)
+    later = datetime.now(UTC) + timedelta(minutes=11)
     assert evaluate(read_state(path), store, cfg)["status"] == "idle"
     assert evaluate(read_state(path), store, cfg, now=later)["status"] == "queued"  # waited long enough
     store.add_labels([LabelEntry("b.png", "nominal")])

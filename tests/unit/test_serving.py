@@ -1,5 +1,6 @@
 """Serving pieces without a server: model references against a real SQLite registry, hot reload,
 upload validation (each bad input gets its 4xx), adaptive batching, and the torch-free import."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,14 @@ import numpy as np
 import pytest
 
 from anomalymatch.loader import load_images
+from anomalymatch.model_ref import parse_model_ref, resolve_model
 from anomalymatch.preprocessing import PreprocessSpec
 from anomalymatch.scoring import OnnxScorer
 from serving.batching import AdaptiveBatcher
 from serving.live_model import LiveModel
-from serving.model_ref import parse_model_ref, resolve_model
 from serving.uploads import RequestError, UploadLimits, decode_upload, decode_uploads, upload_id
-from tests.conftest import encode_fits, encode_jpeg, encode_png, gradient_rgb
-from tests.serving_support import shared_registry
+from tests.helpers.images import encode_fits, encode_jpeg, encode_png, gradient_rgb
+from tests.helpers.serving import shared_registry
 
 SPEC = PreprocessSpec(size=32)
 LIMITS = UploadLimits(max_images=5, max_bytes=200_000, max_pixels=1_000_000)
@@ -67,8 +68,9 @@ def test_alias_resolves_to_its_version_and_the_registered_file(registry, tmp_pat
     resolved = resolve_model("models:/anomalymatch@champion", registry.tracking_uri, tmp_path / "cache")
     assert resolved.version == "1"
     pixels = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_allclose(OnnxScorer(resolved.path).score(pixels),
-                               OnnxScorer(registry.onnx_paths["1"]).score(pixels), atol=1e-6)
+    np.testing.assert_allclose(
+        OnnxScorer(resolved.path).score(pixels), OnnxScorer(registry.onnx_paths["1"]).score(pixels), atol=1e-6
+    )
     assert resolve_model("2", registry.tracking_uri, tmp_path / "cache").version == "2"
     with pytest.raises(LookupError, match="nosuch"):
         resolve_model("models:/anomalymatch@nosuch", registry.tracking_uri, tmp_path / "cache")
@@ -92,8 +94,9 @@ def test_hot_reload_swaps_atomically_and_old_model_keeps_working(registry, tmp_p
         pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
         v1 = OnnxScorer(reg.onnx_paths["1"]).score(pixels)
         np.testing.assert_allclose(before.scorer.score(pixels), v1, atol=1e-6)  # in-flight requests hold v1
-        np.testing.assert_allclose(live.current.scorer.score(pixels),
-                                   OnnxScorer(reg.onnx_paths["2"]).score(pixels), atol=1e-6)
+        np.testing.assert_allclose(
+            live.current.scorer.score(pixels), OnnxScorer(reg.onnx_paths["2"]).score(pixels), atol=1e-6
+        )
     finally:
         live.close()
 
@@ -111,17 +114,24 @@ def test_good_uploads_decode_like_the_loader(image_dir):
     np.testing.assert_array_equal(pixels, expected.images)
 
 
-@pytest.mark.parametrize("name,data,status,words", [
-    ("notes.png", b"just some text, not an image", 415, "not an image"),
-    ("empty.png", b"", 415, "empty"),
-    ("zipped.fits.gz", __import__("gzip").compress(b"not fits inside"), 415, "not an image"),
-    ("corrupt.png", encode_png(gradient_rgb())[:60], 422, "png decode failed"),
-    ("truncated.jpg", encode_jpeg(gradient_rgb(64, 64))[:300], 422, "jpeg"),
-    ("line.fits", encode_fits(np.arange(50, dtype=np.float32)), 422, "cannot use this image"),
-    ("huge.png", encode_png(np.zeros((1100, 1000, 3), np.uint8)), 413, "too large"),
-    ("big_file.png", encode_png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)), 413,
-     "file too large"),
-])
+@pytest.mark.parametrize(
+    "name,data,status,words",
+    [
+        ("notes.png", b"just some text, not an image", 415, "not an image"),
+        ("empty.png", b"", 415, "empty"),
+        ("zipped.fits.gz", __import__("gzip").compress(b"not fits inside"), 415, "not an image"),
+        ("corrupt.png", encode_png(gradient_rgb())[:60], 422, "png decode failed"),
+        ("truncated.jpg", encode_jpeg(gradient_rgb(64, 64))[:300], 422, "jpeg"),
+        ("line.fits", encode_fits(np.arange(50, dtype=np.float32)), 422, "cannot use this image"),
+        ("huge.png", encode_png(np.zeros((1100, 1000, 3), np.uint8)), 413, "too large"),
+        (
+            "big_file.png",
+            encode_png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)),
+            413,
+            "file too large",
+        ),
+    ],
+)
 def test_each_bad_upload_gets_its_4xx_with_a_clear_message(name, data, status, words):
     with pytest.raises(RequestError) as err:
         decode_upload(name, data, SPEC, LIMITS)
@@ -193,17 +203,30 @@ def test_batcher_reports_a_failed_batch_to_its_requests():
 
 
 def test_service_and_serving_modules_never_import_torch(tmp_path):
-    code = ("import sys\n"
-            "import serving.service, serving.bulk, serving.client, serving.cli_serve, serving.cli_score, serving.jobs\n"
-            "import mlflow, mlflow.artifacts, onnxruntime, bentoml\n"
-            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
-            "assert not bad, bad\n"
-            "assert serving.service.AnomalyMatchService is not None\n"
-            "print('ok')\n")
-    env = {"ANOMALYMATCH_HOME": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    code = (
+        "import sys\n"
+        "import serving.service, serving.bulk, serving.client, serving.cli_serve, serving.cli_score, serving.jobs\n"
+        "import mlflow, mlflow.artifacts, onnxruntime, bentoml\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not bad, bad\n"
+        "assert serving.service.AnomalyMatchService is not None\n"
+        "print('ok')\n"
+    )
+    env = {
+        "ANOMALYMATCH_HOME": str(tmp_path),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
@@ -223,8 +246,10 @@ def test_request_size_limit_refuses_large_bodies_with_413_chunked_or_not():
         await send({"type": "http.response.body", "body": body})
 
     def call(chunks, headers=()):
-        sent, queue = [], [{"type": "http.request", "body": c, "more_body": k < len(chunks) - 1}
-                           for k, c in enumerate(chunks)]
+        sent, queue = (
+            [],
+            [{"type": "http.request", "body": c, "more_body": k < len(chunks) - 1} for k, c in enumerate(chunks)],
+        )
 
         async def receive():
             return queue.pop(0)

@@ -1,4 +1,5 @@
 """Sources (folder, zip, HDF5, single file, concatenation) and the streaming loader."""
+
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ from anomalymatch.loader import SkipReport, iter_batches, load_images
 from anomalymatch.preprocessing import PreprocessSpec
 from anomalymatch.sources import SourceError, open_source, open_sources
 from anomalymatch.transform import to_model_size
-from tests.conftest import BROKEN_EXPECTED, encode_png, gradient_rgb, valid_files
+from tests.helpers.images import BROKEN_EXPECTED, encode_png, gradient_rgb, valid_files
 
 SPEC = PreprocessSpec(size=16)
 
@@ -207,7 +208,7 @@ def test_symlinked_folders_are_followed_once(tmp_path, make_image_folder):
 def test_compressed_hdf5_rows_read_through_a_chunk_cache_that_holds_whole_chunks(tmp_path):
     import h5py
 
-    from anomalymatch.hdf5 import chunk_cache_bytes
+    from anomalymatch.sources.hdf5 import chunk_cache_bytes
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(70, 40, 40, 3), dtype=np.uint8)
@@ -216,8 +217,9 @@ def test_compressed_hdf5_rows_read_through_a_chunk_cache_that_holds_whole_chunks
         big = f.create_dataset("images", data=images, chunks=(64, 40, 40, 3), compression="lzf")
         assert chunk_cache_bytes(big) == 4 * 64 * 40 * 40 * 3  # four chunks
         assert chunk_cache_bytes(f.create_dataset("flat", data=images[:2])) == 1 << 20  # contiguous: default
-        huge = f.create_dataset("huge", shape=(64, 2048, 2048, 3), dtype=np.uint8, chunks=(64, 2048, 2048, 3),
-                                compression="gzip")
+        huge = f.create_dataset(
+            "huge", shape=(64, 2048, 2048, 3), dtype=np.uint8, chunks=(64, 2048, 2048, 3), compression="gzip"
+        )
         assert chunk_cache_bytes(huge) == 256 << 20  # capped
         plain = f.create_dataset("plain", data=images, chunks=(64, 40, 40, 3))
         assert chunk_cache_bytes(plain) == 1 << 20  # unfiltered chunks are read in place: no cache needed

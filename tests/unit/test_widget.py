@@ -1,4 +1,5 @@
 """The labelling widget's display transform (plain numpy) and what it decodes for display."""
+
 from __future__ import annotations
 
 import io
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from labeling.widget import STRETCHES, adjust_image, display_data, to_png
-from tests.conftest import encode_png, gradient_rgb
+from tests.helpers.images import encode_png, gradient_rgb
 
 
 def test_every_stretch_gives_rgb_uint8_and_keeps_the_order_of_brightness():
@@ -19,7 +20,11 @@ def test_every_stretch_gives_rgb_uint8_and_keeps_the_order_of_brightness():
         assert np.all(np.diff(grey) >= 0), stretch  # brighter input never shows darker
         assert grey[0] == 0 and grey[-1] == 255, stretch
     # log and asinh lift faint structure above the linear stretch
-    assert adjust_image(ramp, "log")[32, 0, 0] > adjust_image(ramp, "asinh")[32, 0, 0] > adjust_image(ramp, "linear")[32, 0, 0]
+    assert (
+        adjust_image(ramp, "log")[32, 0, 0]
+        > adjust_image(ramp, "asinh")[32, 0, 0]
+        > adjust_image(ramp, "linear")[32, 0, 0]
+    )
 
 
 def test_brightness_contrast_invert_and_channels():

@@ -4,6 +4,7 @@ greyscale 300x300 images, classes FRI, FRII, Compact, Bent). Bent sources are th
 simulated expert answers from the true classes. Train and promote a first model, serve it, pull
 candidates, post labels, watch the retrain promote a new version; everything is logged to MLflow and
 kept in the label store under the project data folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,19 @@ FIRST_CLASSES = {0: "FRI", 1: "FRII", 2: "Compact", 3: "Bent"}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="project data folder (default .anomalymatch or $ANOMALYMATCH_HOME)")
     p.add_argument("--iterations", type=int, default=60, help="FixMatch iterations per training cycle (default 60)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="labelling rounds after the first training: pull, label, retrain, promote (default 1)")
-    p.add_argument("--picks", type=int, default=20, help="candidates the simulated expert labels per round "
-                   "(default 20; also the retrain trigger retrain.min_labels)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="labelling rounds after the first training: pull, label, retrain, promote (default 1)",
+    )
+    p.add_argument(
+        "--picks",
+        type=int,
+        default=20,
+        help="candidates the simulated expert labels per round "
+        "(default 20; also the retrain trigger retrain.min_labels)",
+    )
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
     p.add_argument("--n-anomalies", type=int, default=5, help="labelled Bent examples at the start (default 5)")
     p.add_argument("--n-nominal", type=int, default=50, help="labelled other sources at the start (default 50)")
@@ -39,8 +49,9 @@ def first_zip_path() -> Path:
     try:
         import firstgalaxydata
     except ImportError as exc:
-        raise ImportError("the demo data comes from the PyPI package firstgalaxydata: "
-                          "pip install firstgalaxydata==0.2.1") from exc
+        raise ImportError(
+            "the demo data comes from the PyPI package firstgalaxydata: pip install firstgalaxydata==0.2.1"
+        ) from exc
     path = Path(firstgalaxydata.__file__).parent / "galaxy_data_h5.zip"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed firstgalaxydata package; reinstall it")
@@ -95,18 +106,30 @@ def run(args: argparse.Namespace) -> int:
     from anomalymatch.campaign_images import setup_campaign
     from anomalymatch.config import load_config
     from anomalymatch.labelstore import LabelEntry, LabelStore
+    from anomalymatch.model_ref import resolve_tracking_uri
     from registry.store import CHAMPION, get_aliases, mlflow_client
     from serving.launch import start_service
     from training.benchmark import read_classes, split_protocol
     from training.retrain import RetrainWatcher, describe_outcome
-    from training.tracking import resolve_tracking_uri
 
-    config = load_config(None, {"data_dir": args.data_dir, "cycle.iterations": args.iterations,
-                                "cycle.seed": args.seed, "preprocess.size": args.size, "cycle.top_candidates": 20,
-                                "fixmatch.ema_warmup": True,
-                                "retrain.min_labels": args.picks, "retrain.max_wait_minutes": 0,
-                                "retrain.poll_s": 2.0, "retrain.in_service": True, "retrain.campaign": CAMPAIGN,
-                                "serving.port": 0, "serving.reload_interval_s": 1.0})
+    config = load_config(
+        None,
+        {
+            "data_dir": args.data_dir,
+            "cycle.iterations": args.iterations,
+            "cycle.seed": args.seed,
+            "preprocess.size": args.size,
+            "cycle.top_candidates": 20,
+            "fixmatch.ema_warmup": True,
+            "retrain.min_labels": args.picks,
+            "retrain.max_wait_minutes": 0,
+            "retrain.poll_s": 2.0,
+            "retrain.in_service": True,
+            "retrain.campaign": CAMPAIGN,
+            "serving.port": 0,
+            "serving.reload_interval_s": 1.0,
+        },
+    )
     home = config.data_path
     demo_dir = (home / "demo").resolve()
     config = config.replace(serving=replace(config.serving, data_roots=(str(demo_dir),)))
@@ -121,12 +144,14 @@ def run(args: argparse.Namespace) -> int:
     labelled, labelled_y, _ = split_protocol(is_bent, args.n_anomalies, args.n_nominal, None, None, args.seed)
     seed = [LabelEntry(filenames[i], "anomaly" if y else "nominal", "demo-seed") for i, y in zip(labelled, labelled_y)]
     added = store.add_labels(seed, key=f"demo-seed-{args.seed}-{args.n_anomalies}-{args.n_nominal}").added
-    print(f"{len(filenames)} images ({int(is_bent.sum())} Bent) in the label store; "
-          f"{args.n_anomalies} Bent + {args.n_nominal} others labelled to start"
-          + ("" if added else " (already there from an earlier run: the campaign continues)"))
+    print(
+        f"{len(filenames)} images ({int(is_bent.sum())} Bent) in the label store; "
+        f"{args.n_anomalies} Bent + {args.n_nominal} others labelled to start"
+        + ("" if added else " (already there from an earlier run: the campaign continues)")
+    )
 
     name = config.tracking.registered_model
-    tracking_uri = resolve_tracking_uri(config.tracking, home)
+    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, home)
     if get_aliases(mlflow_client(tracking_uri), name).get(CHAMPION) is None:
         print(f"training the first model ({args.iterations} FixMatch iterations from ImageNet weights)...")
         outcome = RetrainWatcher(config, store, progress=not args.quiet).run_once(force=True)
@@ -135,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             print("the first model was not promoted; see the MLflow run", file=sys.stderr)
             return 1
 
-    token_env = config.retrain.token_env
+    token_env = config.labelstore.token_env
     os.environ.setdefault(token_env, secrets.token_hex(16))  # the service and its watcher inherit it
     print("starting the scoring service (BentoML, ONNX Runtime) with its retrain watcher...")
     with start_service(config) as svc:
@@ -147,18 +172,24 @@ def run(args: argparse.Namespace) -> int:
         rounds = []
         for k in range(1, args.rounds + 1):
             picked = loop.label_round(k, args.picks)
-            print(f"round {k}: the expert labelled {len(picked)} candidates, "
-                  f"{sum(class_of[i] == 'Bent' for i in picked)} of them Bent; waiting for the retrain...")
+            print(
+                f"round {k}: the expert labelled {len(picked)} candidates, "
+                f"{sum(class_of[i] == 'Bent' for i in picked)} of them Bent; waiting for the retrain..."
+            )
             status = loop.wait_retrain(store.last_seq(), timeout=args.timeout)
-            print(f"  retrain: version {status['last_version']} "
-                  f"{'promoted' if status['last_promoted'] else 'not promoted'} ({status['last_reason']})")
+            print(
+                f"  retrain: version {status['last_version']} "
+                f"{'promoted' if status['last_promoted'] else 'not promoted'} ({status['last_reason']})"
+            )
             rounds.append(loop.score_archive() if status["last_promoted"] else first)
         final_pool = loop.pool()  # both models are measured on the same images: those still unlabelled
         print(f"on the {len(final_pool)} images still unlabelled (of {len(start_pool)} at the start):")
         for scores in [first] + [r for r in rounds[-1:] if r is not first]:
             m = scores.metrics(final_pool, class_of)
-            print(f"  version {scores.version}: precision@1% {m['precision_at_1pct']:.2f}, "
-                  f"AUROC {m['auroc']:.3f}, AUPRC {m['auprc']:.3f}")
+            print(
+                f"  version {scores.version}: precision@1% {m['precision_at_1pct']:.2f}, "
+                f"AUROC {m['auroc']:.3f}, AUPRC {m['auprc']:.3f}"
+            )
         print("top candidates now (id, score, true class):")
         for row in loop.client.candidates(n=10):
             print(f"  {row['image_id']:>10}  {row['score']:.4f}  {class_of[row['image_id']]}")
@@ -209,8 +240,10 @@ class DemoLoop:
         if status["status"] != "done":
             raise RuntimeError(f"bulk job {job['job_id']} ended {status['status']}: {status.get('error', '')}")
         table = read_scores(status["out_dir"]).to_pydict()
-        print(f"  bulk job {job['job_id']}: {len(table['id'])} images scored by version {status['model_version']} "
-              f"({status['images_per_second']:.0f} images/s) -> {status['out_dir']}")
+        print(
+            f"  bulk job {job['job_id']}: {len(table['id'])} images scored by version {status['model_version']} "
+            f"({status['images_per_second']:.0f} images/s) -> {status['out_dir']}"
+        )
         return ArchiveScores(status["model_version"], dict(zip(table["id"], table["score"])))
 
     def pool(self) -> list[str]:

@@ -13,6 +13,7 @@ Dataset names are found automatically (``images``, ``image``, ``data``, ``x``...
 as ``images=`` / ``ids=``. Without an ids dataset (or with ``ids=False``) the ids are the row
 numbers as strings.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from anomalymatch.sources import HandlePool, ImageSource, Item, SourceError, SourceReadError
+from anomalymatch.errors import SourceError, SourceReadError
+from anomalymatch.sources.base import HandlePool, ImageSource, Item
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
 IMAGE_NAMES = ("images", "image", "imgs", "img", "cutouts", "pixels", "data", "x")
 ID_NAMES = ("ids", "id", "filenames", "filename", "names", "name", "keys", "objid", "object_id", "paths")
 
@@ -77,8 +80,7 @@ def _pick_images(path: Path, found: dict[str, Any], wanted: str | None) -> str:
     listing = ", ".join(f"{n} {found[n].shape} {found[n].dtype}" for n in sorted(found)) or "none"
     if not usable:
         raise SourceError(
-            f"no image dataset in {path}: need (N, H, W[, C]) numbers or 1-D encoded image bytes; "
-            f"datasets: {listing}"
+            f"no image dataset in {path}: need (N, H, W[, C]) numbers or 1-D encoded image bytes; datasets: {listing}"
         )
     raise SourceError(
         f"several possible image datasets in {path} ({', '.join(sorted(usable))}): choose one with images=NAME"
@@ -138,8 +140,9 @@ class HDF5Source(ImageSource):
 
     kind = "hdf5"
 
-    def __init__(self, path: str | os.PathLike, images: str | None = None, ids: str | bool | None = None,
-                 prefix: str = "") -> None:
+    def __init__(
+        self, path: str | os.PathLike, images: str | None = None, ids: str | bool | None = None, prefix: str = ""
+    ) -> None:
         """``images``/``ids``: dataset names (None: auto-detect; ``ids=False``: row numbers as ids)."""
         import h5py
 
@@ -153,7 +156,7 @@ class HDF5Source(ImageSource):
             self.images_dataset = _pick_images(self.path, found, images)
             ds = found[self.images_dataset]
             self.encoded = _is_encoded(ds)
-            self.channel_first = (not self.encoded and ds.ndim == 4 and ds.shape[3] > 4)
+            self.channel_first = not self.encoded and ds.ndim == 4 and ds.shape[3] > 4
             n = int(ds.shape[0])
             cache_bytes = chunk_cache_bytes(ds)
             self.ids_dataset = _pick_ids(self.path, found, ids, n)

@@ -1,5 +1,6 @@
 """Helpers for the serving tests: tiny real models exported to ONNX and registered in a real MLflow
 registry on SQLite (this module imports torch; the service under test never does)."""
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,12 @@ def make_registry(root: Path, versions: int = 2, size: int = SIZE, alias_version
             version = str(k + 1)
             path = export_tiny_model(root / f"v{version}.onnx", seed=k + 3, size=size, version=version)
             with mlflow.start_run(experiment_id=exp):
-                info = mlflow.onnx.log_model(onnx.load(str(path)), name="model", registered_model_name=MODEL_NAME,
-                                              pip_requirements=["onnxruntime"])
+                info = mlflow.onnx.log_model(
+                    onnx.load(str(path)),
+                    name="model",
+                    registered_model_name=MODEL_NAME,
+                    pip_requirements=["onnxruntime"],
+                )
             assert str(info.registered_model_version) == version
             paths[version] = path
         client.set_registered_model_alias(MODEL_NAME, "champion", alias_version)

@@ -5,6 +5,7 @@ a second). Readers then get plain file handles from a pool and read a member's b
 from its offset: stored members as they are, deflated ones through ``zlib`` (which releases the
 GIL), CRC-32 checked. Other compressions (bzip2, lzma) fall back to ``zipfile`` itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ import zlib
 from functools import partial
 from pathlib import Path
 
-from anomalymatch.sources import HandlePool, ImageSource, Item, SourceError, SourceReadError, unsupported_reason
+from anomalymatch.errors import SourceError, SourceReadError
+from anomalymatch.sources.base import HandlePool, ImageSource, Item, unsupported_reason
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 _LOCAL_MAGIC = b"PK\x03\x04"

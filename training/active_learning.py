@@ -1,4 +1,4 @@
-"""An active-learning campaign: cycles of ``run_cycle`` with MLflow logging of each cycle (labels
+"""Active-learning cycles of ``run_cycle`` (``run_cycles``), with MLflow logging of each cycle (labels
 used, pool sample, candidates, metrics, plots, model) and, where ground truth is known (benchmarks,
 the demo), a simulated expert who labels the top candidates between cycles.
 
@@ -6,8 +6,9 @@ With ``register=True`` each cycle's model also becomes a registry version (ONNX 
 gate, aliases: ``registry.register_cycle``); a fixed, id-hashed slice of the labels
 (``registry.holdout_fraction``) is then held out of training in every cycle for the gate.
 
-Campaign state and the trainer checkpoint are written after every cycle (and every
-``checkpoint_every`` iterations) so a crashed campaign resumes where it stopped."""
+The labelled/pool state and the trainer checkpoint are written after every cycle (and every
+``checkpoint_every`` iterations) so a crashed run resumes where it stopped."""
+
 from __future__ import annotations
 
 import csv
@@ -15,14 +16,15 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
 from anomalymatch.config import AppConfig
-from training.cycle import CampaignState, CycleResult, oracle_picks, run_cycle
+from training.cycle import CycleResult, LabelledPool, oracle_picks, run_cycle
 from training.trainer import FixMatchTrainer
 
 STATE_FILE = "state.json"
@@ -30,9 +32,9 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 @dataclass
-class CampaignOutcome:
+class CyclesOutcome:
     results: list[CycleResult]
-    state: CampaignState
+    state: LabelledPool
     run_id: str | None
     workdir: Path
     registrations: list = field(default_factory=list)  # registry.Registration per cycle, when registering
@@ -47,7 +49,7 @@ def candidates_csv(rows: list[tuple[str, float]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def save_state(state: CampaignState, ids: np.ndarray, path: Path) -> None:
+def save_state(state: LabelledPool, ids: np.ndarray, path: Path) -> None:
     """Campaign state by image id (robust to re-ordering of the source), written atomically."""
     payload = {
         "cycle": state.cycle,
@@ -59,7 +61,7 @@ def save_state(state: CampaignState, ids: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path, ids: np.ndarray) -> CampaignState:
+def load_state(path: Path, ids: np.ndarray) -> LabelledPool:
     payload = json.loads(path.read_text())
     position = {str(v): i for i, v in enumerate(ids)}
     try:
@@ -67,25 +69,35 @@ def load_state(path: Path, ids: np.ndarray) -> CampaignState:
         pool = [position[i] for i in payload["pool"]]
     except KeyError as exc:
         raise ValueError(f"campaign state {path} names image {exc} that is not in the current sources") from None
-    return CampaignState(labelled, [y for _, y in payload["labelled"]], pool, cycle=int(payload["cycle"]))
+    return LabelledPool(labelled, [y for _, y in payload["labelled"]], pool, cycle=int(payload["cycle"]))
 
 
 def pool_ids_bytes(ids: np.ndarray, pool_idx: np.ndarray) -> bytes:
     return ("\n".join(str(ids[i]) for i in pool_idx) + "\n").encode()
 
 
-def training_view(state: CampaignState, ids: np.ndarray, holdout_fraction: float) -> tuple[CampaignState, np.ndarray]:
+def training_view(state: LabelledPool, ids: np.ndarray, holdout_fraction: float) -> tuple[LabelledPool, np.ndarray]:
     """The state to train on (labels minus the held-out slice) and the held-out mask over the labels."""
     from registry.holdout import select_holdout
 
     mask = select_holdout([str(ids[i]) for i in state.labelled_idx], state.labelled_y, holdout_fraction)
-    view = CampaignState(state.labelled_idx[~mask], state.labelled_y[~mask], state.pool_idx, cycle=state.cycle)
+    view = LabelledPool(state.labelled_idx[~mask], state.labelled_y[~mask], state.pool_idx, cycle=state.cycle)
     return view, mask
 
 
-def register_cycle_model(tracker, run_id: str, name: str, result: CycleResult, state: CampaignState,
-                         holdout: np.ndarray, ids: np.ndarray, images: np.ndarray, trainer: FixMatchTrainer,
-                         config: AppConfig, parent_version: str = ""):
+def register_cycle_model(
+    tracker,
+    run_id: str,
+    name: str,
+    result: CycleResult,
+    state: LabelledPool,
+    holdout: np.ndarray,
+    ids: np.ndarray,
+    images: np.ndarray,
+    trainer: FixMatchTrainer,
+    config: AppConfig,
+    parent_version: str = "",
+):
     """Register the cycle's EMA model with its lineage; returns the ``registry.Registration``."""
     from registry.register import ImageSet, register_cycle
     from training.tracking import sha256_bytes
@@ -93,7 +105,7 @@ def register_cycle_model(tracker, run_id: str, name: str, result: CycleResult, s
     labelled, y = state.labelled_idx, state.labelled_y
     lineage = {
         "campaign": name,
-        "campaign_run_id": tracker.campaign_run_id or "",
+        "campaign_run_id": tracker.parent_run_id or "",
         "cycle": result.cycle,
         "pool_sha256": sha256_bytes(pool_ids_bytes(ids, result.pool_idx)),
         "n_pool": len(result.pool_idx),
@@ -103,33 +115,47 @@ def register_cycle_model(tracker, run_id: str, name: str, result: CycleResult, s
         "metrics": {k: float(v) for k, v in result.metrics.items()},
     }
     return register_cycle(
-        trainer.ema.module, run_id, lineage,
+        trainer.ema.module,
+        run_id,
+        lineage,
         pool=ImageSet(images[result.pool_idx], ids[result.pool_idx]),
         holdout=ImageSet(images[labelled[holdout]], ids[labelled[holdout]], y[holdout]),
         train=ImageSet(None, ids[labelled[~holdout]], y[~holdout]),
-        tracking_uri=tracker.tracking_uri, name=config.tracking.registered_model, cfg=config.registry,
+        tracking_uri=tracker.tracking_uri,
+        name=config.tracking.registered_model,
+        cfg=config.registry,
     )
 
 
-def log_cycle(tracker, run_id: str, result: CycleResult, state: CampaignState, ids: np.ndarray,
-              trainer: FixMatchTrainer, truth: np.ndarray | None) -> None:
+def log_cycle(
+    tracker,
+    run_id: str,
+    result: CycleResult,
+    state: LabelledPool,
+    ids: np.ndarray,
+    trainer: FixMatchTrainer,
+    truth: np.ndarray | None,
+) -> None:
     """Everything a cycle used and produced, on its MLflow run."""
-    from training.model import save_weights
     from anomalymatch.plots import curve_figures
+    from training.model import save_weights
     from training.tracking import sha256_bytes
 
     labels = state.label_table(ids)
     labels_bytes = labels.to_csv_bytes()
     pool_ids = [str(ids[i]) for i in result.pool_idx]
     pool_bytes = pool_ids_bytes(ids, result.pool_idx)
-    tracker.set_tags(run_id, {
-        "labels_sha256": labels.sha256(),
-        "n_labels": len(labels),
-        "n_anomalies": labels.n_anomalies,
-        "pool_sha256": sha256_bytes(pool_bytes),
-        "n_pool": len(pool_ids),
-        "iteration": trainer.iteration,
-    })
+    tracker.set_tags(
+        run_id,
+        {
+            "labels_sha256": labels.sha256(),
+            "n_labels": len(labels),
+            "n_anomalies": labels.n_anomalies,
+            "pool_sha256": sha256_bytes(pool_bytes),
+            "n_pool": len(pool_ids),
+            "iteration": trainer.iteration,
+        },
+    )
     tracker.log_bytes(run_id, labels_bytes, "labels/labels.csv")
     tracker.log_bytes(run_id, pool_bytes, "pool/pool_ids.txt")
     tracker.log_bytes(run_id, candidates_csv(result.candidates), "candidates/candidates.csv")
@@ -146,11 +172,68 @@ def log_cycle(tracker, run_id: str, result: CycleResult, state: CampaignState, i
         tracker.log_file(run_id, Path(tmp) / "preprocess.json", "model")
 
 
-def run_campaign(
+@dataclass
+class TrackedCycle:
+    result: CycleResult
+    run_id: str  # the cycle's MLflow run
+    registration: Any = None  # registry.Registration, when registering
+
+
+def run_tracked_cycle(
+    *,
     trainer: FixMatchTrainer,
     images: np.ndarray,
     ids: np.ndarray,
-    state: CampaignState,
+    state: LabelledPool,
+    config: AppConfig,
+    tracker,
+    name: str,
+    truth: np.ndarray | None = None,
+    checkpoint: Path | None = None,
+    iterations: int | None = None,
+    progress: bool = False,
+    register: bool = False,
+    parent_version: str = "",
+    tags: dict[str, str] | None = None,
+    artifacts: dict[str, bytes] | None = None,
+) -> TrackedCycle:
+    """One cycle on its own MLflow run under the tracker's parent run: train (without the held-out label
+    slice when registering), log what it used and produced (plus ``artifacts``: path -> bytes), and with
+    ``register`` make the EMA model a registry version (export, parity, gate) whose parent is
+    ``parent_version``. ``state.cycle`` advances by one."""
+    with tracker.cycle(state.cycle + 1, tags=tags) as run_id:
+        train_state, holdout = (
+            training_view(state, ids, config.registry.holdout_fraction) if register else (state, None)
+        )
+        result = run_cycle(
+            trainer,
+            images,
+            ids,
+            train_state,
+            config.cycle,
+            truth=truth,
+            tracker=tracker,
+            checkpoint_path=checkpoint,
+            progress=progress,
+            iterations=iterations,
+        )
+        state.cycle = train_state.cycle
+        log_cycle(tracker, run_id, result, state, ids, trainer, truth)
+        for path, data in (artifacts or {}).items():
+            tracker.log_bytes(run_id, data, path)
+        registration = None
+        if register:
+            registration = register_cycle_model(
+                tracker, run_id, name, result, state, holdout, ids, images, trainer, config, parent_version
+            )
+    return TrackedCycle(result, run_id, registration)
+
+
+def run_cycles(
+    trainer: FixMatchTrainer,
+    images: np.ndarray,
+    ids: np.ndarray,
+    state: LabelledPool,
     config: AppConfig,
     workdir: Path,
     truth: np.ndarray | None = None,
@@ -160,7 +243,7 @@ def run_campaign(
     progress: bool = False,
     on_cycle: Callable[[CycleResult], None] | None = None,
     register: bool = False,
-) -> CampaignOutcome:
+) -> CyclesOutcome:
     """Run ``config.cycle.cycles`` cycles from ``state``; with ``truth`` the simulated expert labels
     ``config.cycle.picks`` true anomalies and false positives from the pool after each cycle.
     ``register`` (needs ``tracker``) trains without the held-out labels and registers every cycle."""
@@ -177,19 +260,36 @@ def run_campaign(
             done_in_cycle = trainer.iteration - state.cycle * cfg.iterations
             remaining = cfg.iterations - max(done_in_cycle, 0)
             if tracker is not None:
-                with tracker.cycle(state.cycle + 1) as cycle_run:
-                    train_state, holdout = (training_view(state, ids, config.registry.holdout_fraction) if register
-                                            else (state, None))
-                    result = run_cycle(trainer, images, ids, train_state, cfg, truth, tracker, checkpoint, progress,
-                                       remaining)
-                    state.cycle = train_state.cycle
-                    log_cycle(tracker, cycle_run, result, state, ids, trainer, truth)
-                    if register:
-                        parent = registrations[-1].version if registrations else ""
-                        registrations.append(register_cycle_model(tracker, cycle_run, name, result, state, holdout,
-                                                                  ids, images, trainer, config, parent))
+                tracked = run_tracked_cycle(
+                    trainer=trainer,
+                    images=images,
+                    ids=ids,
+                    state=state,
+                    config=config,
+                    tracker=tracker,
+                    name=name,
+                    truth=truth,
+                    checkpoint=checkpoint,
+                    iterations=remaining,
+                    progress=progress,
+                    register=register,
+                    parent_version=registrations[-1].version if registrations else "",
+                )
+                result = tracked.result
+                if tracked.registration is not None:
+                    registrations.append(tracked.registration)
             else:
-                result = run_cycle(trainer, images, ids, state, cfg, truth, None, checkpoint, progress, remaining)
+                result = run_cycle(
+                    trainer,
+                    images,
+                    ids,
+                    state,
+                    cfg,
+                    truth=truth,
+                    checkpoint_path=checkpoint,
+                    progress=progress,
+                    iterations=remaining,
+                )
             results.append(result)
             if on_cycle:
                 on_cycle(result)
@@ -200,11 +300,11 @@ def run_campaign(
 
     run_id = None
     if tracker is not None:
-        with tracker.campaign(name, config.to_dict(), tags) as run_id:
+        with tracker.parent_run(name, config.to_dict(), tags) as run_id:
             cycles()
             if results:
                 last = results[-1]
                 tracker.log_metrics(run_id, {k: v for k, v in last.summary().items() if k != "cycle"}, step=last.cycle)
     else:
         cycles()
-    return CampaignOutcome(results, state, run_id, workdir, registrations)
+    return CyclesOutcome(results, state, run_id, workdir, registrations)

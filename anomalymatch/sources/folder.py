@@ -1,0 +1,73 @@
+"""Sources on the file system: every image file below a folder, or one image file.
+
+Folder ids are the paths relative to the folder, posix style (``sub/a.png``), sorted; hidden
+files and folders, macOS metadata and other file types are listed in ``unsupported`` with a
+reason and never read. A single file's id is its file name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from anomalymatch.errors import SourceReadError
+from anomalymatch.sources.base import ImageSource, Item, unsupported_reason
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceReadError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
+class FolderSource(ImageSource):
+    """Every image file below a folder (recursive, following symlinked folders once each);
+    ids are posix paths relative to it."""
+
+    kind = "folder"
+
+    def __init__(self, root: str | os.PathLike, prefix: str = "") -> None:
+        self.root = Path(root)
+        keys: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        seen_dirs: set[tuple[int, int]] = set()
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            stat = os.stat(dirpath)
+            if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink loop or a second link to a folder
+                skipped.append((rel_dir, "folder already listed through another link, not read twice"))
+                dirnames.clear()
+                continue
+            seen_dirs.add((stat.st_dev, stat.st_ino))
+            for d in [d for d in dirnames if d.startswith(".")]:
+                skipped.append((f"{rel_dir}{d}/", "hidden folder, not read"))
+                dirnames.remove(d)
+            for filename in filenames:
+                rel = rel_dir + filename
+                reason = unsupported_reason(rel)
+                if reason is None:
+                    keys.append(rel)
+                else:
+                    skipped.append((rel, reason))
+        super().__init__(str(root), sorted(keys), prefix, sorted(skipped))
+        self._prefix_len = len(prefix)
+
+    def read_at(self, index: int) -> Item:
+        return _read_file(self.root / self._ids[index][self._prefix_len :])
+
+
+class FileSource(ImageSource):
+    """One image file; its id is the file name."""
+
+    kind = "file"
+
+    def __init__(self, path: str | os.PathLike, prefix: str = "") -> None:
+        self.path = Path(path)
+        super().__init__(str(path), [self.path.name], prefix)
+
+    def read_at(self, index: int) -> Item:
+        if index != 0:
+            raise IndexError(f"{self.name} holds one image, index {index} is out of range")
+        return _read_file(self.path)
