@@ -1,12 +1,14 @@
 """FixMatch training loop: one trainer object carries the model, its EMA, the optimiser and the
 random state across active-learning cycles, and checkpoints all of it to safetensors."""
+
 from __future__ import annotations
 
 import copy
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ from training.augment import AugmentConfig, strong_augment, weak_augment
 from training.ema import ModelEMA
 from training.losses import fixmatch_loss
 from training.sampler import UnlabelledStream, labelled_batch
+
+CHECKPOINT_FORMAT = "anomalymatch-checkpoint-1"  # optimiser momentum keyed by parameter name
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,35 @@ def to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
+def frozen_modules(model: nn.Module, freeze_blocks: int) -> list[nn.Module]:
+    """The stem and the first ``freeze_blocks`` blocks of an EfficientNet backbone (none for 0)."""
+    if not freeze_blocks:
+        return []
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "blocks"):
+        raise ValueError("fixmatch.freeze_blocks needs an EfficientNet backbone (stem + blocks)")
+    return [backbone.conv_stem, backbone.bn1, *list(backbone.blocks)[:freeze_blocks]]
+
+
+def parameter_groups(model: nn.Module, cfg: FixMatchConfig) -> list[dict]:
+    """SGD groups: no weight decay on biases and norm parameters; the head at ``lr``, the backbone at
+    ``lr * backbone_lr_scale`` (each group's ``base_lr``, scaled by the schedule)."""
+    head_ids = set()
+    get_classifier = getattr(getattr(model, "backbone", None), "get_classifier", None)
+    if get_classifier is not None:
+        head_ids = {id(p) for p in get_classifier().parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        groups.setdefault((id(p) in head_ids, p.ndim <= 1 or name.endswith(".bias")), []).append(p)
+    out = []
+    for (is_head, no_decay), params in sorted(groups.items()):
+        lr = cfg.lr if is_head else cfg.lr * cfg.backbone_lr_scale
+        out.append({"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr, "base_lr": lr})
+    return out
+
+
 def select_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,15 +91,12 @@ class FixMatchTrainer:
             torch.set_num_threads(cfg.threads)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        self.frozen = frozen_modules(self.model, cfg.freeze_blocks)
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_warmup)
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         self.optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
+            parameter_groups(self.model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.augment = augment_config(cfg)
@@ -89,7 +119,7 @@ class FixMatchTrainer:
         y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64, device=self.device)
         n_u = cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0
         u_idx = self.stream.next(n_u)
-        self.model.train()
+        self._train_mode()
         logits_uw = None
         if len(u_idx):
             x_u = to_nchw(unlabelled[u_idx])
@@ -120,7 +150,7 @@ class FixMatchTrainer:
             unsupervised=float(parts.unsupervised),
             mask_rate=float(parts.mask_rate),
             pseudo_anomaly_rate=float(parts.pseudo_anomaly_rate),
-            lr=self.optimizer.param_groups[0]["lr"],
+            lr=self.optimizer.param_groups[-1]["lr"],  # the head's
         )
 
     def train(
@@ -138,6 +168,8 @@ class FixMatchTrainer:
         y = np.asarray(y)
         if len(np.unique(y)) < 2:
             raise ValueError("FixMatch needs labelled examples of both classes (anomaly and nominal)")
+        if self.cfg.head_init == "linprobe" and self.iteration == 0:
+            self.init_head_from_probe(labelled, y)
         history: list[StepStats] = []
         bar = None
         if progress:
@@ -145,6 +177,7 @@ class FixMatchTrainer:
 
             bar = tqdm(total=iterations, desc="train", unit="it", leave=False)
         for i in range(iterations):
+            self._set_lr(i, iterations)
             stats = self.step(labelled, y, unlabelled)
             history.append(stats)
             if on_step:
@@ -161,9 +194,50 @@ class FixMatchTrainer:
             self.save_checkpoint(checkpoint_path)
         return history
 
+    def _train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
+        if self.cfg.bn == "frozen":
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def _set_lr(self, i: int, iterations: int) -> None:
+        factor = math.cos(7 * math.pi * i / (16 * iterations)) if self.cfg.lr_schedule == "cosine" else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    @torch.no_grad()
+    def init_head_from_probe(self, labelled: np.ndarray, y: np.ndarray) -> None:
+        """Set the classifier head to a class-balanced logistic regression on the labelled images'
+        pooled embeddings (LP-FT: fine-tuning then starts from what the pretrained features already
+        separate, instead of a random head), and restart the EMA from these weights."""
+        from anomalymatch.embedding_scores import fit_linear_probe
+
+        model = self.model
+        model.eval()
+        feats = map_batches(model.embed, labelled, 256, self.device, self.memory_format)
+        scale = float(np.linalg.norm(feats, axis=1).mean()) or 1.0
+        coef, intercept = fit_linear_probe(feats / scale, y, normalise=False, seed=0)
+        head = model.backbone.get_classifier()
+        if not isinstance(head, nn.Linear) or head.out_features != 2:
+            raise ValueError("head_init 'linprobe' needs a 2-class linear head")
+        w = torch.as_tensor(coef / scale, dtype=head.weight.dtype, device=head.weight.device)
+        head.weight.copy_(torch.stack([-w / 2, w / 2]))
+        head.bias.copy_(torch.tensor([-intercept / 2, intercept / 2], dtype=head.bias.dtype))
+        self.ema.module.load_state_dict(model.state_dict())
+        self._onnx_cache = None
+
     # -- scoring --------------------------------------------------------------------------------
-    def score(self, images: np.ndarray, batch_size: int = 0, use_ema: bool = True, progress: bool = False,
-              backend: str = "auto") -> np.ndarray:
+    def score(
+        self,
+        images: np.ndarray,
+        batch_size: int = 0,
+        use_ema: bool = True,
+        progress: bool = False,
+        backend: str = "auto",
+    ) -> np.ndarray:
         """Anomaly probability for each uint8 NHWC image, from the EMA model by default.
 
         ``backend`` "onnx" exports the model and scores in ONNX Runtime (about 4x faster than eager
@@ -187,8 +261,9 @@ class FixMatchTrainer:
             return self._onnx_cache[1]
         model = self.ema.module if use_ema else self.model
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format),
-                               Path(tmp) / "model.onnx")
+            path = export_onnx(
+                copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format), Path(tmp) / "model.onnx"
+            )
             scorer = OnnxScorer(path, providers=["CPUExecutionProvider"])
         self._onnx_cache = (key, scorer)
         return scorer
@@ -203,15 +278,15 @@ class FixMatchTrainer:
             tensors[f"model.{k}"] = v.detach().cpu().contiguous()
         for k, v in self.ema.state_dict().items():
             tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
-        for i, p in enumerate(self._params()):
+        for name, p in self.model.named_parameters():
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
-                tensors[f"optim.{i}.momentum_buffer"] = buf.detach().cpu().contiguous()
+                tensors[f"optim.{name}.momentum_buffer"] = buf.detach().cpu().contiguous()
         tensors["rng.generator"] = self.generator.get_state()
         if self.stream is not None:
             for k, v in self.stream.state().items():
                 tensors[f"stream.{k}"] = v
-        meta = {"iteration": str(self.iteration), "format": "anomalymatch-checkpoint-1"}
+        meta = {"iteration": str(self.iteration), "format": CHECKPOINT_FORMAT}
         spec = getattr(self.model, "spec", None)
         if spec is not None:
             meta["preprocess"] = spec.to_json()
@@ -229,13 +304,13 @@ class FixMatchTrainer:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-        if meta.get("format") != "anomalymatch-checkpoint-1":
+        if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not an AnomalyMatch checkpoint (metadata format={meta.get('format')!r})")
         tensors = load_file(str(path))
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        for i, p in enumerate(self._params()):
-            key = f"optim.{i}.momentum_buffer"
+        for name, p in self.model.named_parameters():
+            key = f"optim.{name}.momentum_buffer"
             if key in tensors:
                 self.optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
         self.stream = None
@@ -246,9 +321,6 @@ class FixMatchTrainer:
         self.iteration = int(meta["iteration"])
         self._onnx_cache = None
         return meta
-
-    def _params(self) -> list[nn.Parameter]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
 
 @torch.inference_mode()
@@ -285,7 +357,8 @@ def score_images(
     was_training = model.training
     model.eval()
     try:
-        return map_batches(lambda x: torch.softmax(model(x).float(), dim=1)[:, 1], images, batch_size, device,
-                           memory_format, progress)
+        return map_batches(
+            lambda x: torch.softmax(model(x).float(), dim=1)[:, 1], images, batch_size, device, memory_format, progress
+        )
     finally:
         model.train(was_training)

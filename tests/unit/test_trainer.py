@@ -1,5 +1,6 @@
 """FixMatch trainer on a tiny real model: a step learns, checkpoints are safetensors, and a run
 interrupted mid-cycle resumes to exactly the weights of an uninterrupted run."""
+
 import numpy as np
 import pytest
 import torch
@@ -44,8 +45,9 @@ def test_resume_after_interrupted_cycle_matches_uninterrupted(tmp_path):
             raise _Crash
 
     with pytest.raises(_Crash):
-        crashing.train(labelled, y, pool, iterations=4, on_step=crash_after_third, checkpoint_path=ckpt,
-                       checkpoint_every=2)
+        crashing.train(
+            labelled, y, pool, iterations=4, on_step=crash_after_third, checkpoint_path=ckpt, checkpoint_every=2
+        )
     resumed = _trainer(seed=123)  # different seed: everything must come from the checkpoint
     meta = resumed.load_checkpoint(ckpt)
     assert meta["iteration"] == "2" and resumed.iteration == 2
@@ -62,7 +64,9 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path):
     trainer.train(labelled, y, pool, iterations=1, checkpoint_path=tmp_path / "c.safetensors")
     raw = (tmp_path / "c.safetensors").read_bytes()
     assert not raw.startswith(b"\x80") and b"anomalymatch-checkpoint-1" in raw[:20000]
-    (tmp_path / "other.safetensors").write_bytes(raw.replace(b"anomalymatch-checkpoint-1", b"some-other-checkpoint-v01"))
+    (tmp_path / "other.safetensors").write_bytes(
+        raw.replace(b"anomalymatch-checkpoint-1", b"some-other-checkpoint-v01")
+    )
     with pytest.raises(ValueError, match="not an AnomalyMatch checkpoint"):
         _trainer().load_checkpoint(tmp_path / "other.safetensors")
 
@@ -75,8 +79,9 @@ def test_training_needs_both_classes():
 
 def test_supervised_only_draws_no_unlabelled_images_and_scores_are_probabilities():
     labelled, y, pool = _data()
-    trainer = FixMatchTrainer(create_model(SPEC, pretrained=False), FixMatchConfig(batch_size=4, lambda_u=0.0),
-                              device="cpu")
+    trainer = FixMatchTrainer(
+        create_model(SPEC, pretrained=False), FixMatchConfig(batch_size=4, lambda_u=0.0), device="cpu"
+    )
     stats = trainer.train(labelled, y, pool, iterations=2)
     assert all(s.mask_rate == 0.0 and s.unsupervised == 0.0 for s in stats)
     scores = trainer.score(pool, batch_size=5)
@@ -87,8 +92,7 @@ def test_supervised_only_draws_no_unlabelled_images_and_scores_are_probabilities
 def test_training_separates_a_learnable_anomaly():
     labelled, y, pool = _data()
     torch.manual_seed(0)
-    trainer = FixMatchTrainer(create_model(SPEC, pretrained=True), FixMatchConfig(batch_size=8, uratio=1),
-                              device="cpu")
+    trainer = FixMatchTrainer(create_model(SPEC, pretrained=True), FixMatchConfig(batch_size=8, uratio=1), device="cpu")
 
     def margin() -> float:
         s = trainer.score(labelled, use_ema=False, backend="torch")
@@ -110,3 +114,57 @@ def test_onnx_and_torch_scoring_agree():
         trainer.score(pool, backend="tensorrt")
     with pytest.raises(ValueError, match="uint8 images"):
         trainer.score(pool[..., :2], backend="onnx")
+
+
+def _variant(seed=0, **overrides):
+    import dataclasses
+
+    torch.manual_seed(seed)
+    return FixMatchTrainer(
+        create_model(SPEC, pretrained=False), dataclasses.replace(CFG, **overrides), seed=seed, device="cpu"
+    )
+
+
+def test_linprobe_head_starts_from_the_probe_and_the_ema_follows():
+    labelled, y, pool = _data()
+    trainer = _variant(head_init="linprobe")
+    trainer.init_head_from_probe(labelled, y)
+    scores = trainer.score(labelled, backend="torch", use_ema=False)
+    assert scores[y == 1].min() > scores[y == 0].max()  # the probe separates the labelled set
+    for a, b in zip(trainer.model.state_dict().values(), trainer.ema.state_dict().values()):
+        assert torch.equal(a, b)  # the EMA starts from the probe's weights, not the random head
+    head = trainer.model.backbone.get_classifier()
+    assert torch.allclose(head.weight[0], -head.weight[1]) and torch.allclose(head.bias[0], -head.bias[1])
+    fresh = _variant(head_init="linprobe")
+    fresh.train(labelled, y, pool, iterations=1)  # train() fits the head at iteration 0 ...
+    before = fresh.model.backbone.get_classifier().weight.clone()
+    fresh.train(labelled, y, pool, iterations=1)  # ... and never again
+    after = fresh.model.backbone.get_classifier().weight
+    assert not torch.equal(before, after) and (after - before).abs().max() < 0.05
+
+
+def test_backbone_learning_rate_scale_and_cosine_schedule():
+    labelled, y, pool = _data()
+    trainer = _variant(backbone_lr_scale=0.1, lr_schedule="cosine")
+    head_ids = {id(p) for p in trainer.model.backbone.get_classifier().parameters()}
+    for group in trainer.optimizer.param_groups:
+        is_head = all(id(p) in head_ids for p in group["params"])
+        assert group["base_lr"] == pytest.approx(CFG.lr if is_head else CFG.lr * 0.1)
+    lrs = []
+    trainer.train(labelled, y, pool, iterations=4, on_step=lambda s: lrs.append(s.lr))
+    assert lrs[0] == pytest.approx(CFG.lr) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(CFG.lr * np.cos(7 * np.pi * 3 / 64))
+
+
+def test_frozen_blocks_and_frozen_batchnorm_keep_their_pretrained_state():
+    labelled, y, pool = _data()
+    trainer = _variant(freeze_blocks=2, bn="frozen")
+    backbone = trainer.model.backbone
+    frozen = {k: v.clone() for k, v in backbone.blocks[1].state_dict().items()}
+    stats = backbone.bn2.running_mean.clone()
+    later = backbone.blocks[5].state_dict()["0.conv_pw.weight"].clone()
+    trainer.train(labelled, y, pool, iterations=2)
+    assert all(torch.equal(frozen[k], v) for k, v in backbone.blocks[1].state_dict().items())
+    assert torch.equal(stats, backbone.bn2.running_mean)  # bn "frozen": running statistics kept
+    assert not torch.equal(later, backbone.blocks[5].state_dict()["0.conv_pw.weight"])  # the rest trains
+    assert not any(p.requires_grad for p in backbone.conv_stem.parameters())
