@@ -113,6 +113,8 @@ def format_version(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from anomalymatch.model_ref import resolve_model
     from registry.lock import LockTimeout
     from registry.promote import PromotionError, promote_to_champion, rollback_champion
@@ -152,5 +154,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.out} ({name} version {resolved.version})")
     except (PromotionError, LookupError, LockTimeout, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:  # anything else the registry refuses: its message, not a traceback
+        print(f"error: the MLflow registry at {uri} refused: {exc.message}", file=sys.stderr)
         return 1
     return 0

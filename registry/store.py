@@ -67,6 +67,10 @@ def get_aliases(client, name: str) -> dict[str, str]:
 def get_version(client, name: str, version: str | int):
     from mlflow.exceptions import MlflowException
 
+    if not str(version).strip().isdigit():
+        raise LookupError(
+            f"{version!r} is not a version number of '{name}'; give one from `anomalymatch registry list`"
+        )
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:

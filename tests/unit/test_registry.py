@@ -439,3 +439,27 @@ def test_cli_list_show_promote_rollback_export(store, first, tmp_path, capsys):
     assert "no version 999" in capsys.readouterr().err
     assert main(["registry", "list", "--tracking-uri", uri, "--name", "nothing-here"]) == 0
     assert "no versions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["promote", "abc"], "'abc' is not a version number"),
+        (["promote", "1x", "--force", "--reason", "r"], "'1x' is not a version number"),
+        (["show", "abc"], "'abc' is not a version number"),
+        (["show", "12345"], "no version 12345"),
+        (["export", "nosuchalias", "--out", "x.onnx"], "no alias 'nosuchalias'"),
+        (["export", "models:/am-first/77", "--out", "x.onnx"], "no version 77"),
+        (["export", "models:/broken", "--out", "x.onnx"], "cannot read model reference"),
+    ],
+)
+def test_cli_bad_version_alias_or_reference_is_one_error_line(store, first, tmp_path, capsys, argv, message):
+    """Every registry verb given a bad version, alias or reference: one 'error:' line, exit code 1."""
+    from anomalymatch.cli import main
+
+    uri, _, _ = store
+    argv = [a if a != "x.onnx" else str(tmp_path / "x.onnx") for a in argv]
+    assert main(["registry", *argv, "--tracking-uri", uri, "--name", "am-first"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "x.onnx").exists()
