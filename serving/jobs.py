@@ -1,7 +1,10 @@
 """Bulk jobs submitted to the service: server-side sources under the configured data roots only.
 
 Jobs run one at a time on a background thread (inference already uses every core), each into
-``<out_root>/<job_id>/`` with ``serving.bulk.BulkJob``; submitting an existing job id resumes it.
+``<out_root>/<job_id>/`` with ``serving.bulk.BulkJob``. Submitting an existing job id resumes it, with the
+same sources and model version only (else 409). Jobs are known from their folders' manifests, so after a
+restart ``status`` and ``list_jobs`` report them (a job that was running when the service stopped is
+"interrupted": resubmit it to resume).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from serving.bulk import BulkJob, read_manifest
+from serving.bulk import MANIFEST, BulkJob, read_manifest
 from serving.live_model import LoadedModel
 from serving.uploads import RequestError
 
@@ -74,6 +77,7 @@ class BulkJobs:
             running = self._jobs.get(job_id)
             if running is not None and running.progress.status in ("queued", "running"):
                 raise RequestError(409, f"job {job_id} is already {running.progress.status}")
+            self._check_resumable(job_id, resolved, model.version)
             job = BulkJob(
                 resolved,
                 self.out_root / job_id,
@@ -93,6 +97,24 @@ class BulkJobs:
             "out_dir": str(job.out_dir),
         }
 
+    def _check_resumable(self, job_id: str, sources: list[str], version: str) -> None:
+        """An existing job id resumes only over the same sources with the same model version."""
+        if not (self.out_root / job_id / MANIFEST).is_file():
+            return
+        manifest = read_manifest(self.out_root / job_id)
+        before = [s["path"] for s in manifest["sources"]]
+        if before != sources:
+            raise RequestError(
+                409,
+                f"job {job_id} exists over other sources {before}: resubmit those to resume it, or use a new job_id",
+            )
+        if manifest["model_version"] != version:
+            raise RequestError(
+                409,
+                f"job {job_id} was scored by model version {manifest['model_version']} and the service now serves "
+                f"{version}: a job keeps one model version, so use a new job_id",
+            )
+
     @staticmethod
     def _run(job_id: str, job: BulkJob) -> None:
         try:
@@ -107,7 +129,44 @@ class BulkJobs:
             raise RequestError(404, f"no bulk job {job_id!r} in this service")
         return job
 
+    def _from_disk(self, job_id: str) -> dict | None:
+        """What a job folder's manifest says, for jobs this process has not run (e.g. before a restart)."""
+        if not _JOB_ID.match(job_id) or not (self.out_root / job_id / MANIFEST).is_file():
+            return None
+        out_dir = self.out_root / job_id
+        manifest = read_manifest(out_dir)
+        progress = dict(manifest["progress"])
+        if progress.get("status") in ("queued", "running"):
+            progress["status"] = "interrupted"  # the process that ran it stopped; resubmit to resume
+        out = {
+            "job_id": job_id,
+            **progress,
+            "done": progress.get("scored", 0) + progress.get("skipped", 0),
+            "model_version": manifest["model_version"],
+            "out_dir": str(out_dir),
+            "sources": [s["path"] for s in manifest["sources"]],
+            "shards": len(manifest["shards"]),
+        }
+        for name in ("top.csv", "errors.csv"):
+            out[name.split(".")[0] + "_file"] = str(out_dir / name) if (out_dir / name).is_file() else ""
+        return out
+
+    def list_jobs(self) -> list[dict]:
+        """Every job this service knows: those it ran and those found in job folders, by job id."""
+        with self._lock:
+            ids = set(self._jobs)
+        if self.out_root.is_dir():
+            ids |= {p.name for p in self.out_root.iterdir() if (p / MANIFEST).is_file()}
+        return [self.status(job_id) for job_id in sorted(ids)]
+
     def status(self, job_id: str) -> dict:
+        with self._lock:
+            known = job_id in self._jobs
+        if not known:
+            found = self._from_disk(job_id)
+            if found is None:
+                raise RequestError(404, f"no bulk job {job_id!r} in this service")
+            return found
         job = self._job(job_id)
         progress = job.progress
         out = {

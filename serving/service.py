@@ -7,7 +7,8 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
   ``[{"id", "score", "model_version"}]``; concurrent requests are batched adaptively.
 - ``/info``: model version, the ONNX Runtime providers actually in use, the input spec, batching.
 - ``/bulk_submit`` ``{"sources": [...], "top_n"?, "job_id"?}``, ``/bulk_status`` and
-  ``/bulk_cancel`` ``{"job_id"}``: resumable bulk jobs over server-side sources under the data roots.
+  ``/bulk_cancel`` ``{"job_id"}``, ``/bulk_jobs``: resumable bulk jobs over server-side sources under the
+  data roots (a job id is reused only with the same sources and model version: else 409).
 - Labelling (``serving.labels_api``): ``/candidates`` ``{"n"?, "strategy"?}`` (unlabelled images ranked by
   the served model), ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
   ``/retrain_status`` and ``/image`` ``{"image_id", "png"?}`` (the original file).
@@ -158,6 +159,11 @@ class AnomalyMatchService:
             return self.jobs.status(job_id)
         except RequestError as exc:
             return _error(exc)  # type: ignore[return-value]
+
+    @bentoml.api
+    def bulk_jobs(self) -> dict[str, Any]:
+        """Every bulk job the service knows, with its status (also jobs run before a restart)."""
+        return {"jobs": self.jobs.list_jobs()}
 
     @bentoml.api
     def bulk_cancel(self, job_id: str) -> dict[str, Any]:

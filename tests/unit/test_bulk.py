@@ -134,3 +134,56 @@ def test_cancel_then_resume_and_refuse_another_model_version(scorer, folder, tmp
     assert BulkJob([folder], out, scorer, "7", batch_size=8).run().status == "done"
     keys, _, _ = _rows(out)
     assert len(keys) == len(set(keys)) == 90
+
+
+def _wait_finished(jobs, job_id, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while jobs.status(job_id)["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, jobs.status(job_id)
+        time.sleep(0.05)
+    return jobs.status(job_id)
+
+
+def test_service_jobs_refuse_a_reused_id_and_survive_a_restart(scorer, folder, hdf5_files, tmp_path):
+    """A finished job id resubmitted with other sources or another model version is a 409 at submit (the
+    finished job stays "done"); a new BulkJobs over the same folder (a restarted service) reports the jobs
+    from their manifests, and a job cut short by the restart shows as interrupted."""
+    from pathlib import Path
+
+    from serving.jobs import BulkJobs
+    from serving.live_model import LoadedModel
+    from serving.uploads import RequestError
+
+    roots = [str(folder.parent), str(Path(hdf5_files["raw_u8"].path).parent)]
+    model = LoadedModel(scorer, "7", Path("m.onnx"))
+    jobs = BulkJobs(tmp_path / "bulk", roots, 16, 1, 32, 5)
+    jobs.submit([str(folder)], model, job_id="survey")
+    assert _wait_finished(jobs, "survey")["status"] == "done"
+    with pytest.raises(RequestError) as other_sources:
+        jobs.submit([str(hdf5_files["raw_u8"].path)], model, job_id="survey")
+    assert other_sources.value.status == 409 and "other sources" in other_sources.value.message
+    with pytest.raises(RequestError) as other_model:
+        jobs.submit([str(folder)], LoadedModel(scorer, "8", Path("m.onnx")), job_id="survey")
+    assert other_model.value.status == 409 and "model version 7" in other_model.value.message
+    assert jobs.status("survey")["status"] == "done"  # the refused resubmissions changed nothing
+    assert jobs.submit([str(folder)], model, job_id="survey")["status"] in ("queued", "running", "done")
+    assert _wait_finished(jobs, "survey")["scored"] == 90  # the same sources and version: resumes, rescores none
+    jobs.close()
+
+    manifest = tmp_path / "bulk" / "survey" / "manifest.json"
+    interrupted = tmp_path / "bulk" / "cut"
+    interrupted.mkdir()
+    text = manifest.read_text().replace('"status": "done"', '"status": "running"')
+    (interrupted / "manifest.json").write_text(text)
+    restarted = BulkJobs(tmp_path / "bulk", roots, 16, 1, 32, 5)
+    status = restarted.status("survey")
+    assert status["status"] == "done" and status["scored"] == 90 and status["model_version"] == "7"
+    assert status["top_file"].endswith("top.csv") and status["sources"] == [str(folder.resolve())]
+    assert restarted.status("cut")["status"] == "interrupted"
+    assert [j["job_id"] for j in restarted.list_jobs()] == ["cut", "survey"]
+    with pytest.raises(RequestError) as missing:
+        restarted.status("nope")
+    assert missing.value.status == 404
+    restarted.close()
