@@ -5,7 +5,10 @@ every write so concurrent writer processes queue instead of failing), PostgreSQL
 (``postgresql+psycopg://...``). Torch- and mlflow-free.
 
 - Labels are never updated or deleted: each post appends rows; the current label of an image is its row
-  with the latest ``time`` (ties: the later sequence number).
+  with the highest sequence number, i.e. the one the store received last, so a later correction always
+  wins. ``recorded_at`` is the store's own time; ``time`` is the time the client gave (kept for the
+  record, never used to order; the store's time when none was given). Two different labels for one
+  image in one posted batch are refused.
 - Writes are transactional and idempotent: a batch either lands whole or not at all; a re-posted batch
   with the same idempotency ``key`` is a no-op (a different batch under a used key is refused), and an
   identical (image, label, user, time) event is stored once.
@@ -181,6 +184,7 @@ _labels = sa.Table(
     sa.CheckConstraint("label IN ('anomaly', 'nominal')", name="ck_label_value"),
     sa.UniqueConstraint("image_id", "label", "user", "time", name="uq_label_event"),
     sa.Index("ix_labels_image_time", "image_id", "time", "seq"),
+    sa.Index("ix_labels_image_seq", "image_id", "seq"),
     sa.Index("ix_labels_recorded", "recorded_at"),
 )
 _scores = sa.Table(
@@ -335,6 +339,8 @@ class LabelStore:
     # -- plumbing -------------------------------------------------------------------------------------------
     def _create_schema(self, conn: sa.Connection) -> None:
         _meta.create_all(conn)
+        for index in _labels.indexes:  # create_all adds indexes only with new tables: stores made before an index
+            index.create(conn, checkfirst=True)
         found = conn.execute(sa.select(_store_meta.c.value).where(_store_meta.c.key == "schema_version")).scalar()
         if found is None:
             conn.execute(
@@ -456,8 +462,17 @@ class LabelStore:
         self, entries: Iterable[LabelEntry | Mapping[str, Any]], key: str | None = None, user: str | None = None
     ) -> AddResult:
         """Append a batch of labels in one transaction. ``key``: client idempotency key (a repeat is a no-op);
-        ``user`` fills entries without one. Raises BadLabelError / UnknownImageError, writing nothing."""
-        return self._add(_normalise(entries, user), key, skip_unchanged=False)
+        ``user`` fills entries without one. Raises BadLabelError / UnknownImageError (also for two different
+        labels of one image in the batch), writing nothing."""
+        rows = _normalise(entries, user)
+        seen: dict[str, str] = {}
+        conflicts = sorted({r["image_id"] for r in rows if seen.setdefault(r["image_id"], r["label"]) != r["label"]})
+        if conflicts:
+            raise BadLabelError(
+                f"{len(conflicts)} image(s) have two different labels in one batch, e.g. {conflicts[:5]}; "
+                "post one label per image (a later batch corrects an earlier one); nothing was written"
+            )
+        return self._add(rows, key, skip_unchanged=False)
 
     def _add(self, rows: list[dict], key: str | None, skip_unchanged: bool, payload: str | None = None) -> AddResult:
         payload = payload or _payload_sha256(rows)
@@ -503,7 +518,7 @@ class LabelStore:
         return out
 
     def current_labels(self, with_extra: bool = True) -> LabelTable:
-        """The current label of every labelled image (latest time wins), sorted by id, for training.
+        """The current label of every labelled image (the last one stored wins), sorted by id, for training.
         ``with_extra`` adds the user, time and comment of that label as extra columns."""
         sub = _latest(sa.true())
         with self._read() as conn:
@@ -702,10 +717,8 @@ class LabelStore:
 
 
 def _latest(where: Any) -> Any:
-    """Label rows numbered per image, newest first (``rn`` 1 = the current label)."""
-    rn = sa.func.row_number().over(
-        partition_by=_labels.c.image_id, order_by=(_labels.c.time.desc(), _labels.c.seq.desc())
-    )
+    """Label rows numbered per image, last stored first (``rn`` 1 = the current label)."""
+    rn = sa.func.row_number().over(partition_by=_labels.c.image_id, order_by=_labels.c.seq.desc())
     return sa.select(_labels, rn.label("rn")).where(where).subquery()
 
 

@@ -107,6 +107,15 @@ def test_idempotent_posts_and_conflicting_keys(store):
     assert store.history("img1.png")[0].user == "ann" and store.last_seq() == 1
 
 
+def test_conflicting_labels_in_one_post_are_a_422_and_a_future_time_does_not_win(store):
+    both = [{"image_id": "img4.png", "label": "anomaly"}, {"image_id": "img4.png", "label": "nominal"}]
+    err = _status(post_labels, store, both, user="ann")
+    assert err.status == 422 and "img4.png" in err.message and store.history("img4.png") == []
+    post_labels(store, [{"image_id": "img4.png", "label": "anomaly", "time": "2999-01-01T00:00:00Z"}], user="ann")
+    post_labels(store, [{"image_id": "img4.png", "label": "nominal"}], user="bo")
+    assert store.current_labels().as_dict()["img4.png"].value == "nominal"
+
+
 def test_token_rules():
     assert bearer_token("Bearer s3cret") == "s3cret" and bearer_token("bearer  s3cret ") == "s3cret"
     assert bearer_token(None) == "" and bearer_token("Basic abc") == ""

@@ -107,7 +107,11 @@ def test_history_keeps_everything_current_is_latest(store: LabelStore) -> None:
     store.add_labels([LabelEntry(a, "anomaly", "ann", T0, "looks merging")])
     store.add_labels([LabelEntry(a, "nominal", "bo", T0 + timedelta(hours=1), "just a pair")])
     store.add_labels([LabelEntry(b, "nominal", "bo", T0 + timedelta(hours=2))])
-    # posted last but labelled earlier (an offline client): history grows, the current label does not change
+    current = store.current_labels()
+    assert current.as_dict() == {a: Label.NOMINAL, b: Label.NOMINAL}
+    assert current.extra["user"] == ("bo", "bo") and current.extra["comment"] == ("just a pair", "")
+    assert store.current_labels(with_extra=False).extra == {}
+    # posted last with an earlier client time: the store's order decides, the client time is only recorded
     store.add_labels([LabelEntry(a, "anomaly", "cy", T0 + timedelta(minutes=30))])
     history = store.history(a)
     assert [(r.seq, r.label, r.user) for r in history] == [
@@ -116,13 +120,32 @@ def test_history_keeps_everything_current_is_latest(store: LabelStore) -> None:
         (4, Label.ANOMALY, "cy"),
     ]
     assert history[0].comment == "looks merging" and history[0].time == T0
-    current = store.current_labels()
-    assert current.as_dict() == {a: Label.NOMINAL, b: Label.NOMINAL}
-    assert current.extra["user"] == ("bo", "bo") and current.extra["comment"] == ("just a pair", "")
-    assert store.current_labels(with_extra=False).extra == {}
-    store.add_labels([LabelEntry(a, "anomaly", "ann", T0 + timedelta(days=1))])
+    assert history[2].time == T0 + timedelta(minutes=30) and history[2].recorded_at > history[1].recorded_at
     assert store.current_labels().as_dict()[a] is Label.ANOMALY
-    assert len(store.history()) == 5 and store.labelled_ids() == {a, b}
+    assert len(store.history()) == 4 and store.labelled_ids() == {a, b}
+
+
+def test_a_far_future_client_time_does_not_pin_the_label(store: LabelStore) -> None:
+    """Issue 12: a label sent with time 2999-01-01 used to stay current forever; a later correction wins."""
+    a = IDS[0]
+    store.add_labels([{"image_id": a, "label": "anomaly", "user": "ann", "time": "2999-01-01T00:00:00Z"}])
+    store.add_labels([{"image_id": a, "label": "nominal", "user": "bo"}])
+    assert store.current_labels().as_dict()[a] is Label.NOMINAL
+    assert store.history(a)[0].time.year == 2999  # the client's time is kept for the record
+
+
+def test_two_labels_for_one_image_in_one_batch_are_refused(store: LabelStore) -> None:
+    a, b = IDS[0], IDS[1]
+    with pytest.raises(BadLabelError, match="two different labels in one batch"):
+        store.add_labels(
+            [
+                {"image_id": a, "label": "anomaly"},
+                {"image_id": b, "label": "nominal"},
+                {"image_id": a, "label": "nominal"},
+            ]
+        )
+    assert store.last_seq() == 0  # nothing of the batch was written
+    assert store.add_labels([{"image_id": a, "label": "anomaly"}, {"image_id": a, "label": "anomaly"}]).added == 1
 
 
 def test_idempotent_reposts(store: LabelStore) -> None:
