@@ -47,6 +47,8 @@ class FixMatchConfig:
     # head_init "random", backbone_lr_scale 1, bn "train", lr_schedule "constant"):
     head_init: str = "random"  # "linprobe": a fresh trainer starts its head from a logistic regression on
     #                             the labelled images' embeddings (and the EMA from those weights)
+    probe_margin: float = 0.0  # > 0: the probe head is rescaled so the labelled images' mean |logit| is this
+    #                            (a separable labelled set otherwise saturates it and nothing is left to learn)
     backbone_lr_scale: float = 1.0  # the backbone's learning rate as a share of ``lr`` (the head gets ``lr``)
     bn: str = "train"  # "frozen": BatchNorm keeps its running statistics while training (affine still trained)
     lr_schedule: str = "constant"  # "cosine": lr * cos(7 pi t / 16 T) over each train() call of T iterations
@@ -61,6 +63,8 @@ class FixMatchConfig:
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.probe_margin < 0:
+            raise ValueError(f"fixmatch.probe_margin must be >= 0, got {self.probe_margin}")
         if not 0 <= self.freeze_blocks <= 7:
             raise ValueError(f"fixmatch.freeze_blocks must be in 0..7, got {self.freeze_blocks}")
         if not 0.0 <= self.backbone_lr_scale <= 1.0:

@@ -41,6 +41,15 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "lpft-96": ("fixmatch", 96, LPFT),
     "lpft-128": ("fixmatch", 128, LPFT),
     "lpft-ema-warmup": ("fixmatch", 64, {**LPFT, "fixmatch.ema_warmup": True}),
+    "ema-warmup": ("fixmatch", 64, {"fixmatch.ema_warmup": True}),
+    "lp-head-soft": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.probe_margin": 1.0}),
+    "paper-96": ("fixmatch", 96, {}),
+    "paper-96-freeze3": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3}),
+    "paper-128-freeze3": ("fixmatch", 128, {"fixmatch.freeze_blocks": 3}),
+    "lp-head-cosine": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.lr_schedule": "cosine"}),
+    "lp-head-bnfrozen": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.bn": "frozen"}),
+    "lp-head-96": ("fixmatch", 96, {"fixmatch.head_init": "linprobe"}),
+    "lp-head-96-freeze3": ("fixmatch", 96, {"fixmatch.head_init": "linprobe", "fixmatch.freeze_blocks": 3}),
 }
 
 

@@ -220,6 +220,9 @@ class FixMatchTrainer:
         feats = map_batches(model.embed, labelled, 256, self.device, self.memory_format)
         scale = float(np.linalg.norm(feats, axis=1).mean()) or 1.0
         coef, intercept = fit_linear_probe(feats / scale, y, normalise=False, seed=0)
+        if self.cfg.probe_margin > 0:  # temper the head: a saturated one leaves no supervised gradient
+            temper = self.cfg.probe_margin / max(float(np.abs(feats / scale @ coef + intercept).mean()), 1e-6)
+            coef, intercept = coef * temper, intercept * temper
         head = model.backbone.get_classifier()
         if not isinstance(head, nn.Linear) or head.out_features != 2:
             raise ValueError("head_init 'linprobe' needs a 2-class linear head")

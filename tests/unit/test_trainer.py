@@ -168,3 +168,14 @@ def test_frozen_blocks_and_frozen_batchnorm_keep_their_pretrained_state():
     assert torch.equal(stats, backbone.bn2.running_mean)  # bn "frozen": running statistics kept
     assert not torch.equal(later, backbone.blocks[5].state_dict()["0.conv_pw.weight"])  # the rest trains
     assert not any(p.requires_grad for p in backbone.conv_stem.parameters())
+
+
+def test_probe_margin_tempers_the_probe_head():
+    labelled, y, _ = _data()
+    trainer = _variant(head_init="linprobe", probe_margin=1.0)
+    trainer.init_head_from_probe(labelled, y)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(labelled).permute(0, 3, 1, 2))
+    margin = (logits[:, 1] - logits[:, 0]).abs().mean()
+    assert margin == pytest.approx(1.0, rel=1e-3)
