@@ -8,7 +8,7 @@ from these sources; the service serves the original file of a candidate from the
 from __future__ import annotations
 
 import io
-import mimetypes
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -17,9 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from anomalymatch.decode import has_image_magic, sniff_format
+from anomalymatch.errors import SourceError
 from anomalymatch.labelstore import LabelStore, UnknownCampaignError
 from anomalymatch.preprocessing import PreprocessSpec
 from anomalymatch.sources import ImageSource, open_sources
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,20 @@ class ImageFile:
     filename: str
 
 
-class ImageLibrary:
-    """Reads labelled-or-candidate images by id from every campaign's sources (opened once, on first use)."""
+_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff", "fits": "application/fits"}
 
-    def __init__(self, store: LabelStore) -> None:
+
+class ImageLibrary:
+    """Reads labelled-or-candidate images by id from every campaign's sources (opened once, on first use).
+
+    ``roots`` bounds what may be read (a service passes its data roots): a campaign whose sources lie
+    outside them is not opened, and folder entries that resolve outside (symlinks) are never read. Without
+    ``roots`` each campaign's own source paths are its roots, so a symlink inside still cannot lead out.
+    Only files that are images (by their bytes) are served, with the media type of the sniffed format."""
+
+    def __init__(self, store: LabelStore, roots: Sequence[str | os.PathLike] | None = None) -> None:
         self.store = store
+        self.roots = None if roots is None else [str(r) for r in roots]
         self._sources: dict[str, ImageSource] = {}
         self._lock = threading.Lock()
 
@@ -107,7 +120,12 @@ class ImageLibrary:
             for campaign in self.store.list_campaigns():
                 if campaign.name in self._sources or not campaign.config.get("sources"):
                     continue
-                source = open_sources(list(campaign.config["sources"]))
+                paths = list(campaign.config["sources"])
+                try:
+                    source = open_sources(paths, roots=self.roots if self.roots is not None else paths)
+                except SourceError as exc:  # outside the roots, or gone: its images cannot be served
+                    log.warning("campaign %s: its sources are not served: %s", campaign.name, exc)
+                    continue
                 self._sources[campaign.name] = source
                 if _holds(source, image_id):
                     return source
@@ -115,7 +133,8 @@ class ImageLibrary:
 
     def read(self, image_id: str, render_png: bool = False) -> ImageFile:
         """The original file bytes of ``image_id`` (raw HDF5 rows, and any image with ``render_png``, as a
-        display PNG at native resolution). ``KeyError`` when no campaign source holds it."""
+        display PNG at native resolution). ``KeyError`` when no campaign source holds it, ``DecodeError``
+        when its bytes are not an image (or, with ``render_png``, cannot be decoded)."""
         source = self._source_for(image_id)
         if source is None:
             raise KeyError(f"image {image_id!r} is in no campaign's sources")
@@ -123,8 +142,10 @@ class ImageLibrary:
         base = image_id.rsplit("/", 1)[-1] or "image"
         if isinstance(item, np.ndarray) or render_png:
             return ImageFile(_to_png(item, image_id), "image/png", f"{Path(base).stem or 'image'}.png")
-        media = mimetypes.guess_type(base)[0] or "application/octet-stream"
-        return ImageFile(bytes(item), media, base)
+        data = bytes(item)
+        if data[:2] == b"\x1f\x8b" and has_image_magic(data):  # gzip: a .fits.gz, served as it is stored
+            return ImageFile(data, "application/gzip", base)
+        return ImageFile(data, _MEDIA_TYPES[sniff_format(data, base).value], base)
 
     def close(self) -> None:
         with self._lock:

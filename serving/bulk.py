@@ -157,6 +157,7 @@ class BulkJob:
         top_n: int = 1000,
         on_commit: Callable[[BulkProgress], None] | None = None,
         progress_bar: bool = False,
+        roots: Sequence[str | os.PathLike] | None = None,
     ) -> None:
         if not sources:
             raise ValueError("no sources given: pass folders, zips, HDF5 files or image files")
@@ -167,6 +168,7 @@ class BulkJob:
         self.scorer, self.model_version = scorer, str(model_version)
         self.batch_size, self.workers, self.shard_rows, self.top_n = batch_size, workers, shard_rows, top_n
         self.on_commit, self.progress_bar = on_commit, progress_bar
+        self.roots = None if roots is None else [str(r) for r in roots]  # entries outside: errors.csv, never read
         self._cancel = threading.Event()
         self.progress = BulkProgress(status="queued")
 
@@ -272,7 +274,7 @@ class BulkJob:
             self.progress.status = "cancelled"
             return self.progress
         (self.out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        opened = [open_source(p) for p in self.sources]
+        opened = [open_source(p, roots=self.roots) for p in self.sources]
         try:
             m = self._open_manifest([len(s) for s in opened])
             self._remove_orphans(m)

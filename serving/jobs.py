@@ -87,6 +87,7 @@ class BulkJobs:
                 workers=self.workers,
                 shard_rows=self.shard_rows,
                 top_n=self.default_top_n if top_n is None else top_n,
+                roots=self.data_roots,
             )
             self._jobs[job_id] = job
         self._pool.submit(self._run, job_id, job)

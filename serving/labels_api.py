@@ -19,6 +19,7 @@ from typing import Any
 
 from anomalymatch.campaign_images import ImageFile, ImageLibrary
 from anomalymatch.config import LABEL_TOKEN_ENV, AppConfig, RetrainConfig
+from anomalymatch.errors import DecodeError
 from anomalymatch.labelstore import (
     BadLabelError,
     CandidateStrategy,
@@ -127,7 +128,11 @@ def fetch_image(store: LabelStore, library: ImageLibrary, image_id: str, render_
     try:
         return library.read(image_id, render_png)
     except KeyError:
-        raise RequestError(404, f"image {image_id!r} is registered but in no campaign's image sources") from None
+        raise RequestError(
+            404, f"image {image_id!r} is registered but in no campaign's image sources that this service may read"
+        ) from None
+    except DecodeError as exc:
+        raise RequestError(422, f"image {image_id!r} cannot be served: {exc.reason}") from None
 
 
 class LabelsApi:
@@ -136,7 +141,7 @@ class LabelsApi:
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self.store = LabelStore.from_config(config.labelstore, config.data_path)
-        self.library = ImageLibrary(self.store)
+        self.library = ImageLibrary(self.store, roots=config.serving.data_roots or None)
         self.state_file = state_path(config.data_path)
 
     def candidates(self, version: str, n: int = 20, strategy: str = "top") -> dict[str, Any]:

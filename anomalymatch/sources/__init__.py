@@ -31,7 +31,7 @@ from anomalymatch.decode import has_image_magic, image_format_for_name
 from anomalymatch.errors import SourceError, SourceReadError
 from anomalymatch.sources.archive import ZipSource
 from anomalymatch.sources.base import ConcatSource, HandlePool, ImageSource, Item, unsupported_reason
-from anomalymatch.sources.folder import FileSource, FolderSource
+from anomalymatch.sources.folder import FileSource, FolderSource, outside_roots, resolve_roots
 from anomalymatch.sources.hdf5 import HDF5_SUFFIXES, HDF5Source
 
 __all__ = [
@@ -47,6 +47,8 @@ __all__ = [
     "SourceReadError",
     "ZipSource",
     "open_source",
+    "outside_roots",
+    "resolve_roots",
     "open_sources",
     "unsupported_reason",
 ]
@@ -61,13 +63,18 @@ def open_source(path: str | os.PathLike, **options: Any) -> ImageSource:
     """Open a folder, ``.zip``, ``.h5``/``.hdf5`` file or single image file as an ``ImageSource``.
 
     Options: ``prefix`` (prepended to every id, for all kinds); for HDF5 ``images`` and ``ids``
-    (dataset names, auto-detected when omitted).
+    (dataset names, auto-detected when omitted). ``roots``: only paths under these folders (symlinks
+    resolved) may be read: a source outside is a ``SourceError``, a folder's entries outside are skipped.
     """
     p = Path(path)
+    roots = options.pop("roots", None)
     if not p.exists():
         raise SourceError(f"image source not found: {path} (pass a folder, a .zip, an .h5/.hdf5 file or an image file)")
+    target = outside_roots(p, resolve_roots(roots))
+    if target:
+        raise SourceError(f"image source {path} resolves to {target}, outside the allowed roots {list(roots)}")
     if p.is_dir():
-        return FolderSource(p, **options)
+        return FolderSource(p, roots=roots, **options)
     suffix = p.suffix.lower()
     if suffix == ".zip":
         return ZipSource(p, **options)

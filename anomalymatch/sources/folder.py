@@ -3,15 +3,34 @@
 Folder ids are the paths relative to the folder, posix style (``sub/a.png``), sorted; hidden
 files and folders, macOS metadata and other file types are listed in ``unsupported`` with a
 reason and never read. A single file's id is its file name.
+
+``roots`` (a service's data roots) is a security boundary: every entry is resolved (symlinks followed)
+and one that lands outside all roots is listed in ``unsupported`` and never read (a symlinked folder
+pointing outside is not walked).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from anomalymatch.errors import SourceReadError
+from anomalymatch.errors import SourceError, SourceReadError
 from anomalymatch.sources.base import ImageSource, Item, unsupported_reason
+
+
+def resolve_roots(roots: Sequence[str | os.PathLike] | None) -> tuple[Path, ...] | None:
+    """Roots as resolved absolute paths (None: no boundary)."""
+    return None if roots is None else tuple(Path(r).expanduser().resolve() for r in roots)
+
+
+def outside_roots(path: str | os.PathLike, roots: tuple[Path, ...] | None) -> str:
+    """'' if ``path`` (symlinks resolved) lies under one of ``roots`` (or there is no boundary), else the
+    resolved path, for the reason that names it."""
+    if roots is None:
+        return ""
+    resolved = Path(os.path.realpath(path))
+    return "" if any(resolved.is_relative_to(root) for root in roots) else str(resolved)
 
 
 def _read_file(path: Path) -> bytes:
@@ -27,8 +46,13 @@ class FolderSource(ImageSource):
 
     kind = "folder"
 
-    def __init__(self, root: str | os.PathLike, prefix: str = "") -> None:
+    def __init__(
+        self, root: str | os.PathLike, prefix: str = "", roots: Sequence[str | os.PathLike] | None = None
+    ) -> None:
         self.root = Path(root)
+        allowed = resolve_roots(roots)
+        if outside_roots(self.root, allowed):
+            raise SourceError(f"{root} resolves to {outside_roots(self.root, allowed)}, outside the allowed roots")
         keys: list[str] = []
         skipped: list[tuple[str, str]] = []
         seen_dirs: set[tuple[int, int]] = set()
@@ -44,9 +68,16 @@ class FolderSource(ImageSource):
             for d in [d for d in dirnames if d.startswith(".")]:
                 skipped.append((f"{rel_dir}{d}/", "hidden folder, not read"))
                 dirnames.remove(d)
+            for d in [d for d in dirnames if outside_roots(Path(dirpath) / d, allowed)]:
+                target = outside_roots(Path(dirpath) / d, allowed)
+                skipped.append((f"{rel_dir}{d}/", f"links to {target}, outside the allowed roots: not read"))
+                dirnames.remove(d)
             for filename in filenames:
                 rel = rel_dir + filename
-                reason = unsupported_reason(rel)
+                target = outside_roots(Path(dirpath) / filename, allowed)
+                reason = (
+                    f"links to {target}, outside the allowed roots: not read" if target else unsupported_reason(rel)
+                )
                 if reason is None:
                     keys.append(rel)
                 else:
@@ -63,8 +94,13 @@ class FileSource(ImageSource):
 
     kind = "file"
 
-    def __init__(self, path: str | os.PathLike, prefix: str = "") -> None:
+    def __init__(
+        self, path: str | os.PathLike, prefix: str = "", roots: Sequence[str | os.PathLike] | None = None
+    ) -> None:
         self.path = Path(path)
+        target = outside_roots(self.path, resolve_roots(roots))
+        if target:
+            raise SourceError(f"{path} resolves to {target}, outside the allowed roots")
         super().__init__(str(path), [self.path.name], prefix)
 
     def read_at(self, index: int) -> Item:

@@ -187,3 +187,25 @@ def test_service_jobs_refuse_a_reused_id_and_survive_a_restart(scorer, folder, h
         restarted.status("nope")
     assert missing.value.status == 404
     restarted.close()
+
+
+def test_bulk_job_with_roots_never_reads_a_symlink_that_leaves_them(scorer, tmp_path):
+    """Issue 12: a bulk job over a folder under the data roots scored files that symlinks inside it
+    pointed to outside; now they are listed in errors.csv with the reason and never read."""
+    root = tmp_path / "root"
+    write_pngs(root / "images", 6, size=36)
+    outside = tmp_path / "outside"
+    write_pngs(outside, 3, size=36)
+    (root / "images" / "escape.png").symlink_to(outside / "img_0000.png")
+    (root / "images" / "more").symlink_to(outside, target_is_directory=True)
+    (root / "images" / "inside.png").symlink_to(root / "images" / "img_0000.png")
+    job = BulkJob([root / "images"], tmp_path / "out", scorer, "7", batch_size=4, workers=1, roots=[root])
+    progress = job.run()
+    ids = set(read_scores(tmp_path / "out").to_pydict()["id"])
+    assert progress.scored == 7 and "inside.png" in ids  # a link that stays inside is fine
+    assert not any(i.startswith("more/") for i in ids) and "escape.png" not in ids
+    with (tmp_path / "out" / "errors.csv").open() as fh:
+        errors = {row["id"]: row["reason"] for row in csv.DictReader(fh)}
+    assert "outside the allowed roots" in errors["escape.png"] and "outside the allowed roots" in errors["more/"]
+    with pytest.raises(Exception, match="outside the allowed roots"):
+        BulkJob([outside], tmp_path / "out2", scorer, "7", roots=[root]).run()

@@ -196,3 +196,41 @@ def test_labels_api_is_torch_free():
         "bad = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_image_endpoint_never_leaves_the_roots_and_serves_only_images(tmp_path):
+    """Issue 12: a registered id that is a symlink to a file outside was served (as image/jpeg, no token);
+    a campaign outside the service's data roots was served too; an undecodable file with png=true was a 500."""
+    from anomalymatch.campaign_images import ImageLibrary
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (outside / "photo.png").write_bytes(encode_png(gradient_rgb(8, 8)))
+    folder = tmp_path / "archive" / "images"
+    folder.mkdir(parents=True)
+    (folder / "ok.png").write_bytes(encode_png(gradient_rgb(12, 12)))
+    (folder / "notes.png").write_text("not an image at all")  # named like one
+    (folder / "leak.jpg").symlink_to(secret)
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    store = LabelStore(f"sqlite:///{tmp_path / 'roots.db'}")
+    setup_campaign(store, "c", [folder])  # the admin's CLI registers what the folder shows, links included
+    assert {"leak.jpg", "linked/photo.png"} <= set(store.labelled_ids() | _registered(store))
+    for library in (ImageLibrary(store), ImageLibrary(store, roots=[tmp_path / "archive"])):
+        assert fetch_image(store, library, "ok.png").media_type == "image/png"
+        for escaped in ("leak.jpg", "linked/photo.png"):
+            assert _status(fetch_image, store, library, escaped).status == 404
+        assert _status(fetch_image, store, library, "notes.png").status == 422  # not image bytes: never served
+        assert _status(fetch_image, store, library, "notes.png", render_png=True).status == 422
+        library.close()
+    elsewhere = ImageLibrary(store, roots=[tmp_path / "somewhere-else"])  # the campaign is outside the roots
+    assert _status(fetch_image, store, elsewhere, "ok.png").status == 404
+    store.close()
+
+
+def _registered(store):
+    import sqlalchemy as sa
+
+    with store._read() as conn:
+        return set(conn.execute(sa.text("SELECT image_id FROM images")).scalars())
