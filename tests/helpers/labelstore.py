@@ -1,5 +1,6 @@
-"""The label store tests' PostgreSQL switch: ``ANOMALYMATCH_TEST_POSTGRES_URL`` names a throwaway database
-(``wipe_postgres`` empties it) to run the store tests on PostgreSQL as well as SQLite."""
+"""The tests' PostgreSQL switch: ``ANOMALYMATCH_TEST_POSTGRES_URL`` names a throwaway database
+(``wipe_postgres`` empties it) to run the label-store and MLflow-server tests on PostgreSQL as well as SQLite;
+``.ci/run`` starts one for the test run."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from anomalymatch.scoring import VERSION_KEY
 from registry import ImageSet, list_versions, promote_to_champion, register_cycle, resolve_model, rollback_champion
 from registry.parity import score_torch
 from tests.helpers.images import encode_png, gradient_rgb
+from tests.helpers.labelstore import POSTGRES_URL, wipe_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +37,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite"] + (["postgresql"] if POSTGRES_URL else []))
+def server(request, tmp_path_factory):
+    """A real ``mlflow server``, on a SQLite backend store and (when a test PostgreSQL is given) on PostgreSQL."""
     root = tmp_path_factory.mktemp("mlflow_server")
+    backend = wipe_postgres(POSTGRES_URL) if request.param == "postgresql" else f"sqlite:///{root / 'mlflow.db'}"
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -55,7 +58,7 @@ def server(tmp_path_factory):
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
+            backend,
             "--artifacts-destination",
             str(root / "artifacts"),
         ],
