@@ -564,6 +564,19 @@ class LabelStore:
         with self._read() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(_labels).where(self._since(after))).scalar_one()
 
+    def pending_since(self, after: int) -> tuple[int, datetime | None]:
+        """(labels stored after sequence number ``after``, when the oldest of them was recorded): two index
+        lookups on the sequence, whatever the number of labels stored before."""
+        since = _labels.c.seq > after
+        with self._read() as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(_labels).where(since)).scalar_one()
+            if n == 0:
+                return 0, None
+            oldest = conn.execute(
+                sa.select(_labels.c.recorded_at).where(since).order_by(_labels.c.seq).limit(1)
+            ).scalar_one()
+        return n, _parse_time(oldest)
+
     def last_seq(self) -> int:
         """The highest sequence number stored (0 when empty); keep it to ask ``labels_since`` later."""
         with self._read() as conn:

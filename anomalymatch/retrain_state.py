@@ -118,10 +118,9 @@ def _alive(state: RetrainState) -> bool:
 
 def pending(store: LabelStore, after_seq: int, now: datetime | None = None) -> tuple[int, float]:
     """(labels stored after ``after_seq``, seconds the oldest of them has waited)."""
-    n = store.count_labels_since(after_seq)
-    if n == 0:
+    n, oldest = store.pending_since(after_seq)
+    if oldest is None:
         return 0, 0.0
-    oldest = store.labels_since(after_seq)[0].recorded_at
     return n, ((now or datetime.now(UTC)) - oldest).total_seconds()
 
 

@@ -285,3 +285,14 @@ def test_training_table_is_a_label_table(store: LabelStore) -> None:
     table = store.current_labels()
     assert isinstance(table, LabelTable) and table.ids == tuple(sorted(IDS)) and table.n_anomalies == 5
     assert table.sha256() == LabelTable.from_pairs(zip(table.ids, table.labels)).sha256()
+
+
+def test_pending_since_counts_new_labels_and_finds_the_oldest(store: LabelStore) -> None:
+    assert store.pending_since(0) == (0, None)
+    store.add_labels([LabelEntry(IDS[0], "anomaly", "ann")])
+    first = store.history()[0].recorded_at
+    store.add_labels([LabelEntry(IDS[1], "nominal", "bo"), LabelEntry(IDS[2], "nominal", "bo")])
+    assert store.pending_since(0) == (3, first)
+    n, oldest = store.pending_since(1)
+    assert n == 2 and oldest == store.history()[1].recorded_at and oldest >= first
+    assert store.pending_since(store.last_seq()) == (0, None)
