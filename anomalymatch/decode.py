@@ -26,7 +26,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from anomalymatch.errors import DecodeError
+from anomalymatch.errors import DecodeError, ImageTooLargeError
 from anomalymatch.fits import bands_to_rgb, read_fits, stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch, PreprocessSpec
 from anomalymatch.transform import (
@@ -115,29 +115,76 @@ def has_image_magic(head: bytes) -> bool:
 
 
 MAX_GUNZIP_BYTES = 1 << 30  # a .fits.gz inflating past 1 GiB is refused, not held in memory (gzip bombs)
+_INFLATE_STEP = 1 << 20  # inflate this much at a time, so a bomb is stopped after at most one step more
+_FITS_BLOCK = 2880
 
 
-def _gunzip(data: bytes, limit: int = MAX_GUNZIP_BYTES) -> bytes:
+def fits_declared(head: bytes) -> tuple[int, int] | None:
+    """What the primary header at the start of ``head`` declares: (pixels per image plane, bytes of header
+    plus data), or None while its END card is not in ``head`` (or ``head`` is no FITS header)."""
+    if not head.startswith(b"SIMPLE"):
+        return None
+    values: dict[str, str] = {}
+    for k in range(0, len(head) - 79, 80):
+        card = head[k : k + 80].decode("ascii", "replace")
+        key = card[:8].strip()
+        if key == "END":
+            header_bytes = -(-(k + 80) // _FITS_BLOCK) * _FITS_BLOCK
+            try:
+                naxis = int(values.get("NAXIS", "0"))
+                axes = [int(values.get(f"NAXIS{i}", "0")) for i in range(1, naxis + 1)]
+                bitpix = abs(int(values.get("BITPIX", "8")))
+            except ValueError:
+                return None  # a malformed header: the FITS reader reports it
+            data = int(np.prod(axes, dtype=object)) * bitpix // 8 if axes else 0
+            pixels = axes[0] * axes[1] if len(axes) >= 2 else (axes[0] if axes else 0)
+            return pixels, header_bytes + -(-data // _FITS_BLOCK) * _FITS_BLOCK
+        if card[8:10] == "= ":
+            values[key] = card[10:].split("/", 1)[0].strip()
+    return None
+
+
+def _gunzip(data: bytes, limit: int = MAX_GUNZIP_BYTES, max_pixels: int | None = None) -> bytes:
+    """Inflate gzip data (one member after another, as gzip.decompress reads them) in steps, refusing it
+    past ``limit`` bytes. With ``max_pixels``, a FITS file inside is refused as soon as its primary header
+    declares more pixels than that, and inflation stops at the size the header declares (plus one step for
+    extensions), so a small file that declares a huge image never allocates it."""
     if data[:2] != b"\x1f\x8b":
         return data
-    parts, size, rest = [], 0, data
+    out, rest, checked = bytearray(), data, max_pixels is None
     try:
-        while rest[:2] == b"\x1f\x8b":  # one gzip member after another, as gzip.decompress reads them
+        while rest[:2] == b"\x1f\x8b":
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            part = inflater.decompress(rest, limit - size + 1)
-            size += len(part)
-            if size > limit:
-                raise DecodeError(
-                    f"gzip data inflates to more than {limit} bytes; decompress it yourself "
-                    "if such a file is really meant"
-                )
-            if not inflater.eof:
-                raise DecodeError("gzip data is corrupt or truncated: the stream ends early")
-            parts.append(part)
+            pending = rest
+            while not inflater.eof:
+                part = inflater.decompress(pending, _INFLATE_STEP)
+                if not part and not pending and not inflater.eof:  # no input left and no progress
+                    raise DecodeError("gzip data is corrupt or truncated: the stream ends early")
+                out += part
+                pending = inflater.unconsumed_tail
+                if not checked and (len(out) >= 64 * _FITS_BLOCK or inflater.eof or not pending):
+                    checked = True
+                    declared = fits_declared(bytes(out[: 64 * _FITS_BLOCK]))
+                    if declared is not None:
+                        pixels, size = declared
+                        if pixels > max_pixels:
+                            raise ImageTooLargeError(
+                                f"FITS header declares {pixels} pixels per plane, more than the {max_pixels} "
+                                "allowed; the data was not inflated"
+                            )
+                        limit = min(limit, size + _INFLATE_STEP)
+                if len(out) > limit:
+                    raise DecodeError(
+                        f"gzip data inflates to more than {limit} bytes; decompress it yourself "
+                        "if such a file is really meant"
+                    )
             rest = inflater.unused_data
     except zlib.error as exc:
-        raise DecodeError(f"gzip data is corrupt or truncated: {exc}") from exc
-    return b"".join(parts)
+        raise DecodeError(f"gzip data is corrupt or truncated: {exc}") from None
+    except DecodeError:
+        out.clear()  # the refused buffer is released now, not when a traceback is dropped
+        raise
+    return bytes(out)
 
 
 def sniff_format(data: bytes, name: str = "") -> ImageFormat:
@@ -243,12 +290,15 @@ def decode_native(data: bytes, name: str = "", fits_stretch: FitsStretch | str =
     return _guarded(fmt, lambda: _native_rgb(data, fmt, stretch))
 
 
-def decode_image(data: bytes, name: str, spec: PreprocessSpec, *, draft: bool = True) -> np.ndarray:
+def decode_image(
+    data: bytes, name: str, spec: PreprocessSpec, *, draft: bool = True, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode, centre-crop and resize to (spec.size, spec.size, 3) uint8; ``DecodeError`` on failure.
 
     ``name`` (file name or id) only improves messages. ``draft=False`` disables the JPEG DCT-domain fast path.
+    ``max_pixels``: a gzipped FITS declaring more is refused before it is inflated.
     """
-    data = _gunzip(bytes(data))
+    data = _gunzip(bytes(data), max_pixels=max_pixels)
     fmt = sniff_format(data, name)
     if fmt in (ImageFormat.PNG, ImageFormat.JPEG):
         return _guarded(fmt, lambda: _decode_jpeg_or_png(data, fmt, spec, draft))
@@ -274,8 +324,9 @@ def _probe(data: bytes, fmt: ImageFormat) -> ImageInfo:
     return ImageInfo(fmt.value, shape, dtype)
 
 
-def probe_image(data: bytes, name: str = "") -> ImageInfo:
-    """Read format, native shape and dtype (headers only, except FITS); ``DecodeError`` on failure."""
-    data = _gunzip(bytes(data))
+def probe_image(data: bytes, name: str = "", max_pixels: int | None = None) -> ImageInfo:
+    """Read format, native shape and dtype (headers only, except FITS); ``DecodeError`` on failure.
+    ``max_pixels``: a gzipped FITS declaring more is refused before it is inflated."""
+    data = _gunzip(bytes(data), max_pixels=max_pixels)
     fmt = sniff_format(data, name)
     return _guarded(fmt, lambda: _probe(data, fmt))

@@ -37,6 +37,10 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
+class ImageTooLargeError(DecodeError):
+    """An image declares more pixels than allowed; it was refused before its data was inflated or decoded."""
+
+
 class FitsError(ValueError):
     """A FITS file holds no usable image (no image HDU with data, or an unsupported shape)."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from anomalymatch.decode import decode_image, has_image_magic, probe_image, sniff_format
-from anomalymatch.errors import DecodeError
+from anomalymatch.errors import DecodeError, ImageTooLargeError
 from anomalymatch.preprocessing import PreprocessSpec
 
 # BentoML stores each upload as tempfile.NamedTemporaryFile(suffix=<original name>): "tmp" + 8 random
@@ -79,7 +79,7 @@ def decode_upload(name: str, data: bytes, spec: PreprocessSpec, limits: UploadLi
     except DecodeError as exc:
         raise RequestError(415, _not_an_image(name, exc.reason)) from None
     try:
-        info = probe_image(data, name)
+        info = probe_image(data, name, max_pixels=limits.max_pixels)
         pixels = int(np.prod(info.shape[:2])) if len(info.shape) >= 2 else 0
         if pixels > limits.max_pixels:
             raise RequestError(
@@ -87,7 +87,9 @@ def decode_upload(name: str, data: bytes, spec: PreprocessSpec, limits: UploadLi
                 f"{name}: image too large ({' x '.join(map(str, info.shape))} = {pixels} pixels "
                 f"> {limits.max_pixels}); downsample it first",
             )
-        return decode_image(data, name, spec)
+        return decode_image(data, name, spec, max_pixels=limits.max_pixels)
+    except ImageTooLargeError as exc:
+        raise RequestError(413, f"{name}: image too large: {exc.reason}; downsample it first") from None
     except DecodeError as exc:
         if exc.reason.startswith(_NOT_IMAGE_REASONS):  # e.g. gzip around something else
             raise RequestError(415, _not_an_image(name, exc.reason)) from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +174,22 @@ class H5Fixture:
     path: Path
     images: list
     ids: list[str]
+
+
+def fits_bomb_gz(width: int, height: int, bitpix: int = -32, zero_bytes: int = 8 << 20) -> bytes:
+    """A gzipped FITS whose header declares a ``width`` x ``height`` image, then ``zero_bytes`` of zeros."""
+    cards = [
+        "SIMPLE  =                    T",
+        f"BITPIX  = {bitpix:>20}",
+        "NAXIS   =                    2",
+        f"NAXIS1  = {width:>20}",
+        f"NAXIS2  = {height:>20}",
+        "END",
+    ]
+    header = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [deflate.compress(header)]
+    chunk = b"\0" * (1 << 20)
+    for _ in range(zero_bytes // len(chunk)):
+        parts.append(deflate.compress(chunk))
+    return b"".join(parts) + deflate.flush()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,6 +25,7 @@ from anomalymatch.scoring import OnnxScorer
 from serving import client
 from serving.bulk import read_manifest, read_scores
 from serving.launch import start_service
+from tests.helpers.images import fits_bomb_gz
 from tests.helpers.serving import shared_registry, write_pngs
 
 pytestmark = pytest.mark.slow
@@ -50,6 +52,13 @@ def _expected(registry, version, folder, ids=None):
     scorer = OnnxScorer(registry.onnx_paths[version])
     loaded = load_images(folder, scorer.spec, ids=ids, workers=1)
     return dict(zip(loaded.ids, scorer.score(loaded.images).tolist()))
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def test_service_end_to_end(registry, images, image_dir, tmp_path):
@@ -104,6 +113,17 @@ def test_service_end_to_end(registry, images, image_dir, tmp_path):
             ok = httpx.post(f"{svc.url}/score", files=good, timeout=60)
             assert ok.status_code == 200 and ok.json()[0]["score"] == pytest.approx(expected[pngs[0].name], abs=1e-4)
         assert httpx.post(f"{svc.url}/score", data={"x": "1"}, timeout=60).status_code == 400
+
+        # Ten 1 MB .fits.gz bombs (headers declaring 20000 x 20000 float32, then 1 GiB of zeros): each a 413
+        # naming the problem, refused before inflating, and the worker's memory stays where it was.
+        bomb = fits_bomb_gz(20000, 20000, zero_bytes=1 << 30)
+        assert len(bomb) < 1_500_000
+        pid = client.info(svc.url)["pid"]
+        rss_before = _rss_bytes(pid)
+        for i in range(10):
+            resp = httpx.post(f"{svc.url}/score", files=[("images", (f"b{i}.fits.gz", bomb, "application/gzip"))])
+            assert resp.status_code == 413 and "declares 400000000 pixels" in resp.json()["error"], resp.text
+        assert _rss_bytes(pid) - rss_before < 200 * 2**20
 
         # Bulk jobs: server-side sources under the data roots only.
         job = client.submit_bulk(svc.url, [str(images / "pngs")], top_n=5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,15 @@ from anomalymatch.errors import DecodeError
 from anomalymatch.fits import clean_nonfinite, stretch_plane, stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch, Interpolation, PreprocessSpec
 from anomalymatch.transform import crop_box, to_model_size
-from tests.helpers.images import BROKEN_EXPECTED, SYNTH, encode_jpeg, encode_png, gradient_rgb, valid_files
+from tests.helpers.images import (
+    BROKEN_EXPECTED,
+    SYNTH,
+    encode_jpeg,
+    encode_png,
+    fits_bomb_gz,
+    gradient_rgb,
+    valid_files,
+)
 
 H, W = SYNTH["rgb"].shape[:2]
 
@@ -184,8 +194,6 @@ def test_probe_reports_native_shape_and_dtype(image_dir):
 
 
 def test_gzip_members_truncation_and_bombs_are_handled():
-    import gzip
-
     from anomalymatch.decode import _gunzip
 
     payload = bytes(range(256)) * 64
@@ -197,3 +205,19 @@ def test_gzip_members_truncation_and_bombs_are_handled():
     with pytest.raises(DecodeError, match="inflates to more than 1048576 bytes"):
         _gunzip(bomb, limit=1 << 20)
     assert len(_gunzip(bomb, limit=4 << 20)) == 4 << 20
+
+
+def test_a_gzipped_fits_declaring_too_many_pixels_is_refused_before_inflating():
+    from anomalymatch.decode import _gunzip, fits_declared, probe_image
+
+    bomb = fits_bomb_gz(20000, 20000)  # declares 1.6 GB of float32; ships 8 MiB of zeros in about 8 KiB
+    assert len(bomb) < 64 << 10
+    assert fits_declared(gzip.decompress(bomb)[:2880]) == (400_000_000, 2880 + -(-1_600_000_000 // 2880) * 2880)
+    with pytest.raises(DecodeError, match="declares 400000000 pixels"):
+        probe_image(bomb, "bomb.fits.gz", max_pixels=64_000_000)
+    # within the pixel budget, inflation stops at the size the header declares (plus one step)
+    small = fits_bomb_gz(100, 100, zero_bytes=8 << 20)
+    with pytest.raises(DecodeError, match="inflates to more than"):
+        _gunzip(small, max_pixels=64_000_000)
+    honest = fits_bomb_gz(64, 32, zero_bytes=0)
+    assert len(_gunzip(honest, max_pixels=10_000)) == 2880  # header only: the data is cut, reported by FITS
