@@ -37,7 +37,15 @@ from serving.jobs import BulkJobs
 from serving.labels_api import LabelsApi
 from serving.launch import config_from_env
 from serving.live_model import LiveModel, LoadedModel
-from serving.uploads import RequestError, RequestSizeLimit, UploadLimits, check_count, decode_uploads, upload_id
+from serving.uploads import (
+    MultipartCheck,
+    RequestError,
+    RequestSizeLimit,
+    UploadLimits,
+    check_count,
+    decode_uploads,
+    upload_id,
+)
 from serving.watcher import start_watcher, stop_watcher
 
 log = logging.getLogger("anomalymatch.serving")
@@ -224,3 +232,4 @@ class AnomalyMatchService:
 
 
 AnomalyMatchService.add_asgi_middleware(RequestSizeLimit, max_bytes=SERVING.max_upload_bytes)
+AnomalyMatchService.add_asgi_middleware(MultipartCheck, max_bytes=SERVING.max_upload_bytes)

@@ -135,23 +135,12 @@ class RequestSizeLimit:
         self.app, self.max_bytes = app, int(max_bytes)
 
     async def _reject(self, send, size: str) -> None:  # type: ignore[no-untyped-def]
-        import json
-
-        body = json.dumps(
-            {
-                "error": f"request too large ({size} bytes > {self.max_bytes}); send fewer or smaller "
-                "images per request, or use a bulk job",
-                "detail": [],
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
+        error = RequestError(
+            413,
+            f"request too large ({size} bytes > {self.max_bytes}); send fewer or smaller images per request, "
+            "or use a bulk job",
         )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, error.status, error.body())
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -177,3 +166,80 @@ class RequestSizeLimit:
             return messages.pop(0) if messages else await receive()
 
         return await self.app(scope, replay, send)
+
+
+_DISPOSITION = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"(?:[^\r\n]*?\bfilename="([^"]*)")?')
+
+
+def check_multipart(body: bytes, boundary: bytes, field: str, max_filename: int) -> None:
+    """``RequestError(400)`` for a multipart part under another field than ``field`` or with a file name
+    longer than ``max_filename`` characters (BentoML would answer both with a 500)."""
+    for part in body.split(b"--" + boundary)[1:]:
+        head = part.split(b"\r\n\r\n", 1)[0]
+        match = _DISPOSITION.search(head)
+        if match is None:
+            continue  # the closing delimiter, or a part without a disposition: the parser reports it
+        name = match.group(1).decode("utf-8", "replace")
+        if name != field:
+            raise RequestError(400, f"unknown multipart field {name!r}: send the image files in the field {field!r}")
+        filename = (match.group(2) or b"").decode("utf-8", "replace")
+        if len(filename) > max_filename:
+            raise RequestError(
+                400, f"file name too long ({len(filename)} characters > {max_filename}): {filename[:40]}...; rename it"
+            )
+
+
+class MultipartCheck:
+    """ASGI middleware for the multipart upload routes (``paths``): reads the body (at most ``max_bytes``:
+    413 past that), answers 400 for a part under another field or an overlong file name, else hands the
+    body on unchanged."""
+
+    def __init__(  # type: ignore[no-untyped-def]
+        self, app, max_bytes: int, paths: tuple[str, ...] = ("/score",), field: str = "images", max_filename: int = 200
+    ) -> None:
+        self.app, self.max_bytes, self.paths = app, int(max_bytes), paths
+        self.field, self.max_filename = field, max_filename
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        content_type = headers.get(b"content-type", b"")
+        boundary = re.search(rb'(?i)boundary="?([^";]+)"?', content_type)
+        if scope["type"] != "http" or scope.get("path") not in self.paths or boundary is None:
+            return await self.app(scope, receive, send)
+        messages, body = [], bytearray()
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                error = RequestError(413, f"request too large (over {self.max_bytes} bytes)")
+                return await _send_json(send, error.status, error.body())
+            if not message.get("more_body", False):
+                break
+        try:
+            check_multipart(bytes(body), boundary.group(1), self.field, self.max_filename)
+        except RequestError as exc:
+            return await _send_json(send, exc.status, exc.body())
+        finally:
+            body.clear()
+
+        async def replay():  # type: ignore[no-untyped-def]
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

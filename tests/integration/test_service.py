@@ -113,6 +113,12 @@ def test_service_end_to_end(registry, images, image_dir, tmp_path):
             ok = httpx.post(f"{svc.url}/score", files=good, timeout=60)
             assert ok.status_code == 200 and ok.json()[0]["score"] == pytest.approx(expected[pngs[0].name], abs=1e-4)
         assert httpx.post(f"{svc.url}/score", data={"x": "1"}, timeout=60).status_code == 400
+        # client mistakes in the multipart body itself: 4xx with a reason, never a 500
+        other_field = [("image", ("ok.png", pngs[0].read_bytes(), "image/png"))]
+        long_name = [("images", ("x" * 250 + ".png", pngs[0].read_bytes(), "image/png"))]
+        for files, reason in ((other_field, "unknown multipart field 'image'"), (long_name, "file name too long")):
+            resp = httpx.post(f"{svc.url}/score", files=files, timeout=60)
+            assert resp.status_code == 400 and reason in resp.json()["error"], resp.text
 
         # Ten 1 MB .fits.gz bombs (headers declaring 20000 x 20000 float32, then 1 GiB of zeros): each a 413
         # naming the problem, refused before inflating, and the worker's memory stays where it was.

@@ -266,3 +266,30 @@ def test_request_size_limit_refuses_large_bodies_with_413_chunked_or_not():
     assert status == 413 and b"request too large" in body
     assert call([b"x" * 11], headers=[(b"content-length", b"11")])[0] == 413
     assert call([b"x" * 10], headers=[(b"content-length", b"10")]) == (200, b"x" * 10)
+
+
+def test_multipart_parts_under_another_field_or_with_overlong_names_are_400():
+    from serving.uploads import RequestError, check_multipart
+
+    def body(*parts):
+        out = b""
+        for name, filename in parts:
+            out += (
+                b'--XyZ\r\nContent-Disposition: form-data; name="' + name + b'"; filename="' + filename + b'"\r\n'
+                b"Content-Type: image/png\r\n\r\n\x89PNG...\r\n"
+            )
+        return out + b"--XyZ--\r\n"
+
+    check_multipart(body((b"images", b"a.png"), (b"images", b"b.png")), b"XyZ", "images", 200)
+    with pytest.raises(RequestError, match="unknown multipart field 'image'") as other:
+        check_multipart(body((b"images", b"a.png"), (b"image", b"b.png")), b"XyZ", "images", 200)
+    with pytest.raises(RequestError, match=r"file name too long \(204 characters > 200\)") as long_name:
+        check_multipart(
+            body(
+                (b"images", b"x" * 200 + b".png"),
+            ),
+            b"XyZ",
+            "images",
+            200,
+        )
+    assert other.value.status == long_name.value.status == 400
