@@ -57,8 +57,8 @@ def bearer_header(token: str | None) -> dict[str, str]:
 
 class HttpClient:
     """POSTs to the service at ``url`` (a trailing slash is dropped) over one connection pool;
-    ``token`` is sent as a bearer token with the requests that ask for ``auth``. Thread-safe: one
-    client may post from several threads at once."""
+    ``token`` (a user's, or the shared one) is sent as a bearer token with every request: the service
+    checks the role each endpoint needs. Thread-safe: one client may post from several threads at once."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 60.0) -> None:
         import httpx
@@ -82,7 +82,7 @@ class HttpClient:
     ) -> Any:
         """POST ``payload`` as JSON (or ``files`` as multipart) to ``<url>/<route>``; returns the response,
         raises ``ServiceError`` on 4xx/5xx."""
-        headers = bearer_header(self.token) if auth else {}
+        headers = bearer_header(self.token) if (auth or self.token) else {}
         if files is not None:
             resp = self._http.post(f"{self.url}/{route}", files=files, headers=headers)
         else:

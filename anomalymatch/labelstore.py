@@ -154,6 +154,15 @@ _campaigns = sa.Table(
     sa.Column("config", sa.Text, nullable=False),
     sa.Column("notes", sa.Text, nullable=False),
 )
+_users = sa.Table(  # people who may use the service; anomalymatch.users manages them
+    "users",
+    _meta,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.CheckConstraint("role IN ('viewer', 'labeller', 'admin')", name="ck_user_role"),
+)
 _images = sa.Table(
     "images",
     _meta,

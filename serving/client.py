@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomalymatch.config import LABEL_TOKEN_ENV
 from anomalymatch.http_client import HttpClient, ServiceError, post_json  # noqa: F401  (ServiceError: re-exported)
 
 
@@ -60,26 +61,34 @@ def info(url: str) -> dict:
     return post_json(url, "info", {}, timeout=30)
 
 
-def submit_bulk(url: str, sources: Sequence[str], top_n: int | None = None, job_id: str = "") -> dict:
+def _token(token: str | None) -> str:
+    """Bulk jobs need an admin's token (or the shared one) once the service has users: ``token``, else
+    ``$ANOMALYMATCH_LABEL_TOKEN``."""
+    return token if token is not None else os.environ.get(LABEL_TOKEN_ENV, "")
+
+
+def submit_bulk(
+    url: str, sources: Sequence[str], top_n: int | None = None, job_id: str = "", token: str | None = None
+) -> dict:
     payload: dict = {"sources": [str(s) for s in sources], "job_id": job_id}
     if top_n is not None:
         payload["top_n"] = top_n
-    return post_json(url, "bulk_submit", payload, timeout=60)
+    return post_json(url, "bulk_submit", payload, timeout=60, token=_token(token))
 
 
-def bulk_status(url: str, job_id: str) -> dict:
-    return post_json(url, "bulk_status", {"job_id": job_id}, timeout=30)
+def bulk_status(url: str, job_id: str, token: str | None = None) -> dict:
+    return post_json(url, "bulk_status", {"job_id": job_id}, timeout=30, token=_token(token))
 
 
-def cancel_bulk(url: str, job_id: str) -> dict:
-    return post_json(url, "bulk_cancel", {"job_id": job_id}, timeout=30)
+def cancel_bulk(url: str, job_id: str, token: str | None = None) -> dict:
+    return post_json(url, "bulk_cancel", {"job_id": job_id}, timeout=30, token=_token(token))
 
 
-def wait_bulk(url: str, job_id: str, timeout: float = 600.0, poll_s: float = 0.2) -> dict:
+def wait_bulk(url: str, job_id: str, timeout: float = 600.0, poll_s: float = 0.2, token: str | None = None) -> dict:
     """Poll until the job is done, cancelled or failed; returns its last status."""
     deadline = time.monotonic() + timeout
     while True:
-        status = bulk_status(url, job_id)
+        status = bulk_status(url, job_id, token)
         if status["status"] in ("done", "cancelled", "failed") or time.monotonic() > deadline:
             return status
         time.sleep(poll_s)

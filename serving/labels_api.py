@@ -12,13 +12,12 @@ The retrain watcher the service runs beside itself (``retrain.in_service``) is `
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from anomalymatch.campaign_images import ImageFile, ImageLibrary
-from anomalymatch.config import LABEL_TOKEN_ENV, AppConfig, RetrainConfig
+from anomalymatch.config import AppConfig, RetrainConfig
 from anomalymatch.errors import DecodeError
 from anomalymatch.labelstore import (
     BadLabelError,
@@ -29,6 +28,7 @@ from anomalymatch.labelstore import (
     UnknownImageError,
 )
 from anomalymatch.retrain_state import evaluate, read_state, state_path
+from anomalymatch.users import SHARED_USER, AuthError, Role, User, authorize
 from serving.uploads import RequestError
 
 MAX_CANDIDATES = 1000
@@ -42,20 +42,6 @@ def bearer_token(authorization: str | None) -> str:
         return ""
     scheme, _, value = authorization.strip().partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
-
-
-def check_token(provided: str, expected: str, token_env: str = LABEL_TOKEN_ENV) -> None:
-    """403 when the service has no token (writes disabled), 401 when ``provided`` is missing or wrong."""
-    if not expected:
-        raise RequestError(
-            403,
-            f"label writes are disabled: the service has no write token; set ${token_env} "
-            "(or labelstore.token_file) where the service runs and restart it",
-        )
-    if not provided:
-        raise RequestError(401, "label writes need a token: send the header 'Authorization: Bearer <token>'")
-    if not hmac.compare_digest(provided.encode(), expected.encode()):
-        raise RequestError(401, "the write token is not valid; ask the service's operator for the right one")
 
 
 def get_candidates(store: LabelStore, version: str, n: int = 20, strategy: str = "top") -> dict[str, Any]:
@@ -147,15 +133,35 @@ class LabelsApi:
     def candidates(self, version: str, n: int = 20, strategy: str = "top") -> dict[str, Any]:
         return get_candidates(self.store, version, n, strategy)
 
+    def require(self, authorization: str | None, needed: Role) -> User | None:
+        """The user a request acts as if its token grants ``needed`` (None in open mode: see
+        ``anomalymatch.users.authorize``); ``RequestError`` 401/403 otherwise, 503 when the configured
+        token file is missing."""
+        auth = self.config.labelstore
+        try:
+            shared = auth.resolve_token()
+        except FileNotFoundError as exc:  # the operator's mistake, not the client's
+            raise RequestError(503, f"the service's token is unavailable: {exc}") from None
+        try:
+            return authorize(self.store, bearer_token(authorization), shared, needed)
+        except AuthError as exc:
+            message = exc.message
+            if exc.status == 403 and needed is Role.LABELLER and shared == "":
+                message += (
+                    f"; add a user (`anomalymatch users add NAME --role labeller`) or set ${auth.token_env} "
+                    "(or labelstore.token_file) where the service runs and restart it"
+                )
+            raise RequestError(exc.status, message) from None
+
     def post(
         self, labels: Sequence[Mapping[str, Any]], key: str, user: str, authorization: str | None
     ) -> dict[str, Any]:
-        auth = self.config.labelstore
-        try:
-            expected = auth.resolve_token()
-        except FileNotFoundError as exc:  # the operator's mistake, not the client's
-            raise RequestError(503, f"label writes are unavailable: {exc}") from None
-        check_token(bearer_token(authorization), expected, auth.token_env)
+        """Labels are recorded under the authenticated user; with the shared token (one admin for
+        everybody) the ``user`` sent with the batch or its entries is kept, as before per-user tokens."""
+        who = self.require(authorization, Role.LABELLER)
+        if who is not None and who.name != SHARED_USER:
+            user = who.name
+            labels = [{**entry, "user": who.name} if isinstance(entry, Mapping) else entry for entry in labels]
         out = post_labels(self.store, labels, key, user)
         out["retrain"] = self.status()["status"]
         return out

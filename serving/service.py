@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from anomalymatch.loader import decode_threads
 from anomalymatch.model_ref import resolve_tracking_uri
+from anomalymatch.users import Role
 from serving.batching import AdaptiveBatcher
 from serving.jobs import BulkJobs
 from serving.labels_api import LabelsApi
@@ -152,42 +154,42 @@ class AnomalyMatchService:
             "pid": os.getpid(),
         }
 
-    @bentoml.api
-    def bulk_submit(self, sources: list[str], top_n: int | None = None, job_id: str = "") -> dict[str, Any]:
-        """Start (or, with an existing ``job_id``, resume) a bulk job over server-side sources."""
+    def _as(self, ctx: bentoml.Context, needed: Role, work: Callable[[], Any]) -> Any:
+        """``work()`` if the request's token grants ``needed`` (see ``anomalymatch.users``), else the 401/403;
+        a ``RequestError`` from ``work`` becomes its 4xx too."""
         try:
-            return self.jobs.submit(sources, self.model.current, top_n, job_id)
+            self.label_api.require(ctx.request.headers.get("authorization"), needed)
+            return work()
         except RequestError as exc:
-            return _error(exc)  # type: ignore[return-value]
+            ctx.response.status_code = exc.status  # with a ctx parameter BentoML takes the status from it
+            return _error(exc)
 
     @bentoml.api
-    def bulk_status(self, job_id: str) -> dict[str, Any]:
-        """Progress of a bulk job: status, scored, skipped, images/s, output files."""
-        try:
-            return self.jobs.status(job_id)
-        except RequestError as exc:
-            return _error(exc)  # type: ignore[return-value]
+    def bulk_submit(
+        self, ctx: bentoml.Context, sources: list[str], top_n: int | None = None, job_id: str = ""
+    ) -> dict[str, Any]:
+        """Start (or, with an existing ``job_id``, resume) a bulk job over server-side sources (admin)."""
+        return self._as(ctx, Role.ADMIN, lambda: self.jobs.submit(sources, self.model.current, top_n, job_id))
 
     @bentoml.api
-    def bulk_jobs(self) -> dict[str, Any]:
-        """Every bulk job the service knows, with its status (also jobs run before a restart)."""
-        return {"jobs": self.jobs.list_jobs()}
+    def bulk_status(self, ctx: bentoml.Context, job_id: str) -> dict[str, Any]:
+        """Progress of a bulk job: status, scored, skipped, images/s, output files (admin)."""
+        return self._as(ctx, Role.ADMIN, lambda: self.jobs.status(job_id))
 
     @bentoml.api
-    def bulk_cancel(self, job_id: str) -> dict[str, Any]:
-        """Stop a bulk job at its next batch; what was scored stays committed (resume by resubmitting)."""
-        try:
-            return self.jobs.cancel(job_id)
-        except RequestError as exc:
-            return _error(exc)  # type: ignore[return-value]
+    def bulk_jobs(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Every bulk job the service knows, with its status (also jobs run before a restart) (admin)."""
+        return self._as(ctx, Role.ADMIN, lambda: {"jobs": self.jobs.list_jobs()})
 
     @bentoml.api
-    def candidates(self, n: int = 20, strategy: str = "top") -> dict[str, Any]:
+    def bulk_cancel(self, ctx: bentoml.Context, job_id: str) -> dict[str, Any]:
+        """Stop a bulk job at its next batch; what was scored stays committed (resume by resubmitting) (admin)."""
+        return self._as(ctx, Role.ADMIN, lambda: self.jobs.cancel(job_id))
+
+    @bentoml.api
+    def candidates(self, ctx: bentoml.Context, n: int = 20, strategy: str = "top") -> dict[str, Any]:
         """Up to ``n`` unlabelled images ranked by the served model's scores (strategy top, uncertain, explore)."""
-        try:
-            return self.label_api.candidates(self.model.current.version, n, strategy)
-        except RequestError as exc:
-            return _error(exc)  # type: ignore[return-value]
+        return self._as(ctx, Role.VIEWER, lambda: self.label_api.candidates(self.model.current.version, n, strategy))
 
     @bentoml.api
     def labels(
@@ -201,23 +203,28 @@ class AnomalyMatchService:
             return _error(exc)  # type: ignore[return-value]
 
     @bentoml.api
-    def retrain_status(self) -> dict[str, Any]:
+    def retrain_status(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Retraining: idle / queued / running / failed, the last version, new labels waiting."""
-        status = self.label_api.status()
-        status["serving_version"] = self.model.current.version
-        status["watcher_in_service"] = self.watcher is not None and self.watcher.poll() is None
-        return status
+
+        def status() -> dict[str, Any]:
+            out = self.label_api.status()
+            out["serving_version"] = self.model.current.version
+            out["watcher_in_service"] = self.watcher is not None and self.watcher.poll() is None
+            return out
+
+        return self._as(ctx, Role.VIEWER, status)
 
     @bentoml.api(route="/image")  # not a method named ``image``: BentoML's service has that attribute
-    def fetch_image(self, image_id: str, png: bool = False) -> bytes:
+    def fetch_image(self, ctx: bentoml.Context, image_id: str, png: bool = False) -> bytes:
         """The original file of a registered image (``png``: rendered as PNG at its own resolution), sent
         with its media type and file name (a ``Response``: BentoML passes it through)."""
-        try:
+
+        def send() -> Response:
             found = self.label_api.image(image_id, png)
-        except RequestError as exc:
-            return _error(exc)  # type: ignore[return-value]
-        headers = {"content-disposition": f'attachment; filename="{found.filename}"'}
-        return Response(found.data, media_type=found.media_type, headers=headers)  # type: ignore[return-value]
+            headers = {"content-disposition": f'attachment; filename="{found.filename}"'}
+            return Response(found.data, media_type=found.media_type, headers=headers)
+
+        return self._as(ctx, Role.VIEWER, send)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

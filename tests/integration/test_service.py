@@ -176,6 +176,21 @@ def test_service_end_to_end(registry, images, image_dir, tmp_path):
         rows = client.score_files(svc.url, pngs[:8])
         v2 = _expected(registry, "2", images / "pngs")
         assert np.allclose([r["score"] for r in rows], [v2[p.name] for p in pngs[:8]], atol=1e-4)
+
+        # Once the label store has users, every labelling and bulk endpoint needs a token of its role.
+        from anomalymatch.labelstore import LabelStore
+        from anomalymatch.users import add_user
+
+        with LabelStore.from_config(config.labelstore, config.data_path) as store:
+            viewer, admin = add_user(store, "vera", "viewer"), add_user(store, "ada", "admin")
+        for route, payload in (("candidates", {}), ("bulk_jobs", {}), ("labels", {"labels": []})):
+            assert httpx.post(f"{svc.url}/{route}", json=payload, timeout=30).status_code == 401, route
+        as_viewer = {"Authorization": f"Bearer {viewer}"}
+        assert httpx.post(f"{svc.url}/retrain_status", json={}, headers=as_viewer).status_code == 200
+        refused = httpx.post(f"{svc.url}/bulk_submit", json={"sources": [str(images / "pngs")]}, headers=as_viewer)
+        assert refused.status_code == 403 and "admin" in refused.json()["error"]
+        jobs = client.submit_bulk(svc.url, [str(images / "pngs")], token=admin)  # an admin may
+        assert client.wait_bulk(svc.url, jobs["job_id"], timeout=120, token=admin)["status"] == "done"
     assert svc.process.returncode in (0, -signal.SIGTERM)  # stopped by SIGTERM with the block, not killed
 
 

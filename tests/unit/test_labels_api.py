@@ -14,10 +14,10 @@ from anomalymatch.campaign_images import setup_campaign
 from anomalymatch.config import AppConfig, LabelStoreConfig, RetrainConfig
 from anomalymatch.labelstore import LabelStore
 from anomalymatch.retrain_state import RetrainState, state_path, write_state
+from anomalymatch.users import Role
 from serving.labels_api import (
     LabelsApi,
     bearer_token,
-    check_token,
     fetch_image,
     get_candidates,
     post_labels,
@@ -116,14 +116,21 @@ def test_conflicting_labels_in_one_post_are_a_422_and_a_future_time_does_not_win
     assert store.current_labels().as_dict()["img4.png"].value == "nominal"
 
 
-def test_token_rules():
+def test_token_rules(tmp_path, monkeypatch, store):
     assert bearer_token("Bearer s3cret") == "s3cret" and bearer_token("bearer  s3cret ") == "s3cret"
     assert bearer_token(None) == "" and bearer_token("Basic abc") == ""
-    check_token("s3cret", "s3cret")
-    assert _status(check_token, "", "s3cret").status == 401
-    assert _status(check_token, "wrong", "s3cret").status == 401
-    err = _status(check_token, "anything", "", "MY_TOKEN_ENV")
-    assert err.status == 403 and "$MY_TOKEN_ENV" in err.message
+    monkeypatch.setenv("MY_TOKEN_ENV", "s3cret")
+    api = LabelsApi(AppConfig(data_dir=str(tmp_path), labelstore=LabelStoreConfig(token_env="MY_TOKEN_ENV")))
+    assert api.require("Bearer s3cret", Role.LABELLER).role is Role.ADMIN  # the shared token: one admin
+    assert _status(api.require, None, Role.LABELLER).status == 401
+    assert _status(api.require, "Bearer wrong", Role.LABELLER).status == 401
+    monkeypatch.delenv("MY_TOKEN_ENV")
+    err = _status(api.require, "Bearer anything", Role.LABELLER)
+    assert err.status == 401  # no such user and no shared token
+    err = _status(api.require, None, Role.LABELLER)
+    assert err.status == 403 and "$MY_TOKEN_ENV" in err.message and "users add" in err.message
+    assert api.require(None, Role.VIEWER) is None  # open mode: reads need no token
+    api.close()
 
 
 def test_labels_api_needs_the_token_from_env_or_file(tmp_path, monkeypatch, store):
@@ -234,3 +241,56 @@ def _registered(store):
 
     with store._read() as conn:
         return set(conn.execute(sa.text("SELECT image_id FROM images")).scalars())
+
+
+def test_per_user_tokens_roles_and_the_authenticated_name_on_labels(tmp_path, monkeypatch, capsys):
+    """Issue 12: tokens per user with roles; only a hash is stored; labels carry the authenticated user
+    (not a name sent in the body); the shared token keeps working as one admin."""
+    import sqlalchemy as sa
+
+    from anomalymatch.cli import main
+
+    monkeypatch.delenv("ANOMALYMATCH_LABEL_TOKEN", raising=False)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(IDS):
+        (folder / name).write_bytes(encode_png(gradient_rgb(20, 24, seed=i)))
+    home = tmp_path / "home"
+    home.mkdir()
+    with LabelStore(f"sqlite:///{home / 'labels.db'}") as store:
+        setup_campaign(store, "c", [folder])
+        store.add_scores("3", IDS, np.linspace(0.05, 0.95, len(IDS)))
+    tokens = {}
+    for name, role in (("vera", "viewer"), ("lars", "labeller"), ("ada", "admin")):
+        assert main(["users", "add", name, "--role", role, "--data-dir", str(home)]) == 0
+        tokens[name] = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["users", "add", "vera", "--role", "admin", "--data-dir", str(home)]) == 1
+    assert "exists" in capsys.readouterr().err
+    api = LabelsApi(AppConfig(data_dir=str(home)))
+    with api.store._read() as conn:
+        stored = conn.execute(sa.text("SELECT token_sha256 FROM users")).scalars().all()
+    assert len(stored) == 3 and not set(tokens.values()) & set(stored)  # hashes only, never the tokens
+
+    def bearer(name):
+        return f"Bearer {tokens[name]}"
+
+    entry = [{"image_id": "img1.png", "label": "anomaly", "user": "mallory"}]
+    assert _status(api.post, entry, "", "mallory", None).status == 401  # users exist: a token is needed
+    assert _status(api.post, entry, "", "", bearer("vera")).status == 403  # a viewer may not label
+    assert _status(api.require, None, Role.VIEWER).status == 401  # reads need a token now too
+    assert api.require(bearer("vera"), Role.VIEWER).name == "vera"
+    assert _status(api.require, bearer("lars"), Role.ADMIN).status == 403  # bulk jobs: admins only
+    assert api.require(bearer("ada"), Role.ADMIN).name == "ada"
+    api.post(entry, "", "mallory", bearer("lars"))
+    assert [r.user for r in api.store.history("img1.png")] == ["lars"]  # who authenticated, not the body
+    monkeypatch.setenv("ANOMALYMATCH_LABEL_TOKEN", "shared")
+    api.post([{"image_id": "img2.png", "label": "nominal"}], "", "bo", "Bearer shared")
+    assert api.store.history("img2.png")[0].user == "bo"  # the shared token: the sent name, as before
+    assert main(["users", "remove", "lars", "--data-dir", str(home)]) == 0
+    assert _status(api.post, entry, "", "", bearer("lars")).status == 401  # a removed user's token is dead
+    assert main(["users", "list", "--data-dir", str(home)]) == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.strip().splitlines()[-2:]] == [
+        ["ada", "admin"],
+        ["vera", "viewer"],
+    ]
+    api.close()
