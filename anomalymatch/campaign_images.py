@@ -110,6 +110,7 @@ class ImageLibrary:
         self.store = store
         self.roots = None if roots is None else [str(r) for r in roots]
         self._sources: dict[str, ImageSource] = {}
+        self._refused: set[str] = set()  # campaigns whose sources may not be read: not scanned again
         self._lock = threading.Lock()
 
     def _source_for(self, image_id: str) -> ImageSource | None:
@@ -118,13 +119,18 @@ class ImageLibrary:
                 if _holds(source, image_id):
                     return source
             for campaign in self.store.list_campaigns():
-                if campaign.name in self._sources or not campaign.config.get("sources"):
+                if (
+                    campaign.name in self._sources
+                    or campaign.name in self._refused
+                    or not campaign.config.get("sources")
+                ):
                     continue
                 paths = list(campaign.config["sources"])
                 try:
                     source = open_sources(paths, roots=self.roots if self.roots is not None else paths)
                 except SourceError as exc:  # outside the roots, or gone: its images cannot be served
                     log.warning("campaign %s: its sources are not served: %s", campaign.name, exc)
+                    self._refused.add(campaign.name)
                     continue
                 self._sources[campaign.name] = source
                 if _holds(source, image_id):

@@ -197,7 +197,8 @@ class LabelStoreConfig:
     waits for another writer's lock before giving up.
 
     Label writes through the service need a token: the environment variable named by ``token_env``, else
-    the first line of ``token_file``; with neither, writes are refused. (No inline token: the resolved
+    the first line of ``token_file``; it acts as one admin beside the personal tokens of
+    ``anomalymatch users`` (with neither tokens nor users, writes are refused). (No inline token: the resolved
     config is logged with every run.)"""
 
     url: str | None = None

@@ -119,39 +119,67 @@ _INFLATE_STEP = 1 << 20  # inflate this much at a time, so a bomb is stopped aft
 _FITS_BLOCK = 2880
 
 
-def fits_declared(head: bytes) -> tuple[int, int] | None:
-    """What the primary header at the start of ``head`` declares: (pixels per image plane, bytes of header
-    plus data), or None while its END card is not in ``head`` (or ``head`` is no FITS header)."""
-    if not head.startswith(b"SIMPLE"):
-        return None
+def fits_declared(head: bytes) -> tuple[int, int, int] | None:
+    """What the primary header at the start of ``head`` declares: (pixels per image plane, bytes of data,
+    bytes of header), or None while its END card is not in ``head``. ``DecodeError`` for a header that
+    cannot be one (NAXIS outside 0..999, a negative axis, a non-number)."""
     values: dict[str, str] = {}
     for k in range(0, len(head) - 79, 80):
         card = head[k : k + 80].decode("ascii", "replace")
         key = card[:8].strip()
         if key == "END":
-            header_bytes = -(-(k + 80) // _FITS_BLOCK) * _FITS_BLOCK
             try:
                 naxis = int(values.get("NAXIS", "0"))
+                if not 0 <= naxis <= 999:
+                    raise ValueError(f"NAXIS = {naxis}")
                 axes = [int(values.get(f"NAXIS{i}", "0")) for i in range(1, naxis + 1)]
                 bitpix = abs(int(values.get("BITPIX", "8")))
-            except ValueError:
-                return None  # a malformed header: the FITS reader reports it
+                if min(axes, default=0) < 0 or bitpix not in (8, 16, 32, 64):
+                    raise ValueError(f"axes {axes}, BITPIX {bitpix}")
+            except ValueError as exc:
+                raise DecodeError(f"malformed FITS header ({exc})") from None
             data = int(np.prod(axes, dtype=object)) * bitpix // 8 if axes else 0
             pixels = axes[0] * axes[1] if len(axes) >= 2 else (axes[0] if axes else 0)
-            return pixels, header_bytes + -(-data // _FITS_BLOCK) * _FITS_BLOCK
+            return pixels, data, -(-(k + 80) // _FITS_BLOCK) * _FITS_BLOCK
         if card[8:10] == "= ":
             values[key] = card[10:].split("/", 1)[0].strip()
     return None
 
 
+_BYTES_PER_PIXEL = 16  # the inflation budget per allowed pixel: 4 planes of float32 (or 2 of float64)
+
+
+def _check_declared(head: bytes, max_pixels: int) -> int | None:
+    """The inflation limit for a gzipped upload whose first bytes are ``head``, once that is decided (None:
+    read more). Only FITS is accepted inside gzip here; its primary header must declare at most
+    ``max_pixels`` pixels per plane and ``_BYTES_PER_PIXEL`` bytes per allowed pixel in all; a primary
+    HDU without data (the image is in an extension) gets the budget ``max_pixels * _BYTES_PER_PIXEL``."""
+    if len(head) >= 6 and not head.startswith(b"SIMPLE"):
+        raise DecodeError("unknown image format inside gzip: only FITS (.fits.gz) is accepted compressed")
+    declared = fits_declared(head)
+    if declared is None:
+        if len(head) >= 64 * _FITS_BLOCK:
+            raise DecodeError("FITS header has no END card in its first 64 blocks")
+        return None
+    pixels, data, header = declared
+    budget = max_pixels * _BYTES_PER_PIXEL
+    if pixels > max_pixels or data > budget:
+        raise ImageTooLargeError(
+            f"FITS header declares {pixels} pixels per plane and {data} bytes of data, more than the "
+            f"{max_pixels} pixels allowed; the data was not inflated"
+        )
+    return header + (-(-data // _FITS_BLOCK) * _FITS_BLOCK if data else budget) + _INFLATE_STEP
+
+
 def _gunzip(data: bytes, limit: int = MAX_GUNZIP_BYTES, max_pixels: int | None = None) -> bytes:
     """Inflate gzip data (one member after another, as gzip.decompress reads them) in steps, refusing it
-    past ``limit`` bytes. With ``max_pixels``, a FITS file inside is refused as soon as its primary header
-    declares more pixels than that, and inflation stops at the size the header declares (plus one step for
-    extensions), so a small file that declares a huge image never allocates it."""
+    past ``limit`` bytes. With ``max_pixels`` (uploads) only a FITS file is accepted inside, refused as soon
+    as its primary header declares more pixels than that, and never inflated past the size its header
+    declares (or, for an image in an extension, past the pixel budget): a small file that declares a huge
+    image never allocates it."""
     if data[:2] != b"\x1f\x8b":
         return data
-    out, rest, checked = bytearray(), data, max_pixels is None
+    out, rest, decided = bytearray(), data, max_pixels is None
     try:
         while rest[:2] == b"\x1f\x8b":
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -162,23 +190,18 @@ def _gunzip(data: bytes, limit: int = MAX_GUNZIP_BYTES, max_pixels: int | None =
                     raise DecodeError("gzip data is corrupt or truncated: the stream ends early")
                 out += part
                 pending = inflater.unconsumed_tail
-                if not checked and (len(out) >= 64 * _FITS_BLOCK or inflater.eof or not pending):
-                    checked = True
-                    declared = fits_declared(bytes(out[: 64 * _FITS_BLOCK]))
-                    if declared is not None:
-                        pixels, size = declared
-                        if pixels > max_pixels:
-                            raise ImageTooLargeError(
-                                f"FITS header declares {pixels} pixels per plane, more than the {max_pixels} "
-                                "allowed; the data was not inflated"
-                            )
-                        limit = min(limit, size + _INFLATE_STEP)
+                if not decided:
+                    found = _check_declared(bytes(out[: 64 * _FITS_BLOCK]), max_pixels)
+                    if found is not None:
+                        decided, limit = True, min(limit, found)
                 if len(out) > limit:
                     raise DecodeError(
                         f"gzip data inflates to more than {limit} bytes; decompress it yourself "
                         "if such a file is really meant"
                     )
             rest = inflater.unused_data
+        if not decided and out:
+            raise DecodeError("unknown image format inside gzip: no complete FITS header")
     except zlib.error as exc:
         raise DecodeError(f"gzip data is corrupt or truncated: {exc}") from None
     except DecodeError:

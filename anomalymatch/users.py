@@ -8,7 +8,8 @@ from before per-user tokens do not break.
 
 ``authorize`` is the whole policy: with no user in the store and no shared token the service is in
 open mode (reads and bulk jobs need no token, label writes are refused); as soon as either exists,
-every endpoint needs a token of the role it names.
+every labelling and bulk-job endpoint needs a token of the role it names (``/score``, ``/info`` and
+the health checks stay open).
 """
 
 from __future__ import annotations
@@ -112,19 +113,19 @@ def authorize(store: LabelStore, token: str, shared_token: str, needed: Role) ->
     """The user a request acts as, if its bearer ``token`` grants ``needed``; ``AuthError`` otherwise.
     None in open mode (no users, no shared token) for reads and bulk jobs; label writes always need a user."""
     user = authenticate(store, token)
-    if user is None and shared_token and token and hmac.compare_digest(token, shared_token):
+    if user is None and shared_token and token and hmac.compare_digest(token.encode(), shared_token.encode()):
         user = User(SHARED_USER, Role.ADMIN)
     if user is not None:
         if not user.can(needed):
             raise AuthError(403, f"user {user.name!r} is a {user.role.value}; this needs the {needed.value} role")
         return user
-    if token:
-        raise AuthError(401, "unknown token: send 'Authorization: Bearer <your token>'")
     if has_users(store) or shared_token:
+        if token:
+            raise AuthError(401, "unknown token: send 'Authorization: Bearer <your token>'")
         raise AuthError(401, f"this needs a token with the {needed.value} role: send 'Authorization: Bearer <token>'")
     if needed is Role.LABELLER:
         raise AuthError(403, "label writes are disabled: the service has no users and no write token")
-    return None  # open mode
+    return None  # open mode: a token, if sent, is not needed and not checked
 
 
 def _now() -> str:

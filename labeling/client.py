@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from anomalymatch.config import LABEL_TOKEN_ENV
 from anomalymatch.http_client import HttpClient, ServiceError  # noqa: F401  (ServiceError: re-exported)
@@ -58,7 +59,9 @@ def _entries(labels: Mapping[str, str | Label] | Iterable[Any] | LabelTable) -> 
 
 
 class Client(HttpClient):
-    """Talks to the service at ``url``; ``token`` (default ``$ANOMALYMATCH_LABEL_TOKEN``) is needed for labels."""
+    """Talks to the service at ``url`` with ``token`` (a personal token from ``anomalymatch users add``, or
+    the shared one; default ``$ANOMALYMATCH_LABEL_TOKEN``), sent with every request: once the service has
+    users, reads need a viewer's token and labels a labeller's."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
         super().__init__(
@@ -95,8 +98,9 @@ class Client(HttpClient):
     def save_image(self, image_id: str, folder: str | os.PathLike, prefix: str = "", png: bool = False) -> Path:
         """Download one image into ``folder`` under its file name (``prefix`` keeps names unique)."""
         resp = self.post("image", {"image_id": image_id, "png": png})
-        match = re.search(r'filename="([^"]+)"', resp.headers.get("content-disposition", ""))
-        name = match.group(1) if match else image_id.rsplit("/", 1)[-1]
+        disposition = resp.headers.get("content-disposition", "")
+        match = re.search(r"filename\*=UTF-8''([^;]+)", disposition) or re.search(r'filename="([^"]+)"', disposition)
+        name = unquote(match.group(1)) if match else image_id.rsplit("/", 1)[-1]
         path = Path(folder) / (prefix + re.sub(r"[^A-Za-z0-9._-]", "_", name))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(resp.content)

@@ -157,8 +157,14 @@ class BulkJobs:
         with self._lock:
             ids = set(self._jobs)
         if self.out_root.is_dir():
-            ids |= {p.name for p in self.out_root.iterdir() if (p / MANIFEST).is_file()}
-        return [self.status(job_id) for job_id in sorted(ids)]
+            ids |= {p.name for p in self.out_root.iterdir() if _JOB_ID.match(p.name) and (p / MANIFEST).is_file()}
+        out = []
+        for job_id in sorted(ids):
+            try:
+                out.append(self.status(job_id))
+            except (RequestError, OSError, ValueError, KeyError) as exc:  # an unreadable manifest: say so
+                out.append({"job_id": job_id, "status": "unreadable", "error": f"{type(exc).__name__}: {exc}"})
+        return out
 
     def status(self, job_id: str) -> dict:
         with self._lock:

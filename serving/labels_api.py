@@ -1,11 +1,12 @@
 """The labelling endpoints' logic, framework-free: candidates, label intake, retraining status, images.
 
 The BentoML service calls these and turns ``RequestError`` into its HTTP status (``serving.uploads``):
-400 bad request, 401 missing or wrong token, 403 writes disabled (no token configured), 404 unknown
-image, 409 idempotency key reused, 413 too many labels, 422 unknown label value or image id (nothing of
-the batch is written), 503 the configured token file is missing. Writes need
-``Authorization: Bearer <token>``; the token comes from the environment variable ``labelstore.token_env``
-or ``labelstore.token_file``.
+400 bad request, 401 missing or unknown token, 403 a role too low or writes disabled (no users and no
+shared token), 404 unknown image, 409 idempotency key reused, 413 too many labels, 422 unknown label
+value or image id (nothing of the batch is written), 503 the configured token file is missing. Who may
+do what is ``anomalymatch.users.authorize``: personal tokens with roles (``anomalymatch users add``) or
+the shared token of ``labelstore.token_env`` / ``labelstore.token_file`` (one admin), sent as
+``Authorization: Bearer <token>``.
 
 The retrain watcher the service runs beside itself (``retrain.in_service``) is ``serving.watcher``.
 """

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import bentoml
 import numpy as np
@@ -221,7 +222,10 @@ class AnomalyMatchService:
 
         def send() -> Response:
             found = self.label_api.image(image_id, png)
-            headers = {"content-disposition": f'attachment; filename="{found.filename}"'}
+            plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in found.filename)
+            headers = {
+                "content-disposition": f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(found.filename)}"
+            }
             return Response(found.data, media_type=found.media_type, headers=headers)
 
         return self._as(ctx, Role.VIEWER, send)

@@ -168,21 +168,29 @@ class RequestSizeLimit:
         return await self.app(scope, replay, send)
 
 
-_DISPOSITION = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"(?:[^\r\n]*?\bfilename="([^"]*)")?')
+def _disposition(head: bytes) -> tuple[str, str] | None:
+    """(field name, file name) from a multipart part's headers, parsed as e-mail headers do (parameters in
+    any order, quoted or not, RFC 2231 ``filename*=``); None when the part has no Content-Disposition."""
+    from email.parser import BytesHeaderParser
+
+    headers = BytesHeaderParser().parsebytes(head.lstrip(b"\r\n") + b"\r\n\r\n")
+    if headers.get("content-disposition") is None:
+        return None
+    name = headers.get_param("name", header="content-disposition") or ""
+    filename = headers.get_filename() or ""
+    return str(name), str(filename)
 
 
 def check_multipart(body: bytes, boundary: bytes, field: str, max_filename: int) -> None:
     """``RequestError(400)`` for a multipart part under another field than ``field`` or with a file name
     longer than ``max_filename`` characters (BentoML would answer both with a 500)."""
     for part in body.split(b"--" + boundary)[1:]:
-        head = part.split(b"\r\n\r\n", 1)[0]
-        match = _DISPOSITION.search(head)
-        if match is None:
+        found = _disposition(part.split(b"\r\n\r\n", 1)[0])
+        if found is None:
             continue  # the closing delimiter, or a part without a disposition: the parser reports it
-        name = match.group(1).decode("utf-8", "replace")
+        name, filename = found
         if name != field:
             raise RequestError(400, f"unknown multipart field {name!r}: send the image files in the field {field!r}")
-        filename = (match.group(2) or b"").decode("utf-8", "replace")
         if len(filename) > max_filename:
             raise RequestError(
                 400, f"file name too long ({len(filename)} characters > {max_filename}): {filename[:40]}...; rename it"

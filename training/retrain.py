@@ -192,7 +192,9 @@ class RetrainWatcher:
             model = self._start_model(campaign, champion, tracking_uri, Path(tmp))
         inputs, labels = self._load_campaign(campaign, model.spec)
         images, ids, state = inputs.images, inputs.ids, inputs.state
-        trainer = FixMatchTrainer(model, cfg.fixmatch, seed=cfg.cycle.seed, device=cfg.retrain.device)
+        trainer = FixMatchTrainer(
+            model, cfg.fixmatch, seed=cfg.cycle.seed, device=cfg.retrain.device, fresh_head=champion is None
+        )
         tracker = RunTracker(cfg.tracking, cfg.data_path)
         cycle_cfg = dataclasses.replace(cfg.cycle, cycles=1)
         register_cfg = cfg.replace(cycle=cycle_cfg, registry=dataclasses.replace(cfg.registry, auto_promote=False))

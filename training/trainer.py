@@ -46,6 +46,18 @@ def to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
+def _index_keys(model: nn.Module) -> list[str]:
+    """For each parameter (in ``named_parameters`` order), the key an older checkpoint stored its momentum
+    under: its position among the weights with decay, then the biases and norms without."""
+    named = list(model.named_parameters())
+    no_decay = [p.ndim <= 1 or n.endswith(".bias") for n, p in named]
+    order = [i for i, nd in enumerate(no_decay) if not nd] + [i for i, nd in enumerate(no_decay) if nd]
+    keys = [""] * len(named)
+    for position, i in enumerate(order):
+        keys[i] = f"optim.{position}.momentum_buffer"
+    return keys
+
+
 def frozen_modules(model: nn.Module, freeze_blocks: int) -> list[nn.Module]:
     """The stem and the first ``freeze_blocks`` blocks of an EfficientNet backbone (none for 0)."""
     if not freeze_blocks:
@@ -84,13 +96,16 @@ def select_device(device: str | None = None) -> torch.device:
 class FixMatchTrainer:
     """Trains ``model`` with FixMatch. ``seed`` fixes every random choice (batches and augmentations)."""
 
-    def __init__(self, model: nn.Module, cfg: FixMatchConfig, seed: int = 0, device: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: FixMatchConfig, seed: int = 0, device: str | None = None, fresh_head: bool = True
+    ) -> None:
         self.cfg = cfg
         self.device = select_device(device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        self.fresh_head = fresh_head  # False when the model comes trained (a retrain from the champion)
         self.frozen = frozen_modules(self.model, cfg.freeze_blocks)
         for module in self.frozen:
             module.requires_grad_(False)
@@ -168,7 +183,7 @@ class FixMatchTrainer:
         y = np.asarray(y)
         if len(np.unique(y)) < 2:
             raise ValueError("FixMatch needs labelled examples of both classes (anomaly and nominal)")
-        if self.cfg.head_init == "linprobe" and self.iteration == 0:
+        if self.cfg.head_init == "linprobe" and self.fresh_head and self.iteration == 0:
             self.init_head_from_probe(labelled, y)
         history: list[StepStats] = []
         bar = None
@@ -312,8 +327,9 @@ class FixMatchTrainer:
         tensors = load_file(str(path))
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        for name, p in self.model.named_parameters():
+        for (name, p), old_key in zip(self.model.named_parameters(), _index_keys(self.model)):
             key = f"optim.{name}.momentum_buffer"
+            key = key if key in tensors else old_key  # checkpoints from before names: by position
             if key in tensors:
                 self.optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
         self.stream = None

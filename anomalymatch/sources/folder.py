@@ -84,9 +84,14 @@ class FolderSource(ImageSource):
                     skipped.append((rel, reason))
         super().__init__(str(root), sorted(keys), prefix, sorted(skipped))
         self._prefix_len = len(prefix)
+        self._allowed = allowed
 
     def read_at(self, index: int) -> Item:
-        return _read_file(self.root / self._ids[index][self._prefix_len :])
+        path = self.root / self._ids[index][self._prefix_len :]
+        target = outside_roots(path, self._allowed)  # again now: a file may have become a link since listing
+        if target:
+            raise SourceReadError(f"links to {target}, outside the allowed roots: not read")
+        return _read_file(path)
 
 
 class FileSource(ImageSource):

@@ -212,7 +212,7 @@ def test_a_gzipped_fits_declaring_too_many_pixels_is_refused_before_inflating():
 
     bomb = fits_bomb_gz(20000, 20000)  # declares 1.6 GB of float32; ships 8 MiB of zeros in about 8 KiB
     assert len(bomb) < 64 << 10
-    assert fits_declared(gzip.decompress(bomb)[:2880]) == (400_000_000, 2880 + -(-1_600_000_000 // 2880) * 2880)
+    assert fits_declared(gzip.decompress(bomb)[:2880]) == (400_000_000, 1_600_000_000, 2880)
     with pytest.raises(DecodeError, match="declares 400000000 pixels"):
         probe_image(bomb, "bomb.fits.gz", max_pixels=64_000_000)
     # within the pixel budget, inflation stops at the size the header declares (plus one step)
@@ -221,3 +221,42 @@ def test_a_gzipped_fits_declaring_too_many_pixels_is_refused_before_inflating():
         _gunzip(small, max_pixels=64_000_000)
     honest = fits_bomb_gz(64, 32, zero_bytes=0)
     assert len(_gunzip(honest, max_pixels=10_000)) == 2880  # header only: the data is cut, reported by FITS
+
+
+def test_the_bomb_guard_has_no_side_doors():
+    """An empty first gzip member, non-FITS content, a cube within the per-plane limit, an absurd NAXIS:
+    all refused before much is inflated; an image in a FITS extension (empty primary HDU) still decodes."""
+    import io
+
+    from astropy.io import fits
+
+    from anomalymatch.decode import _gunzip, probe_image
+    from anomalymatch.errors import ImageTooLargeError
+
+    bomb = fits_bomb_gz(20000, 20000)
+    with pytest.raises(ImageTooLargeError):
+        _gunzip(gzip.compress(b"") + bomb, max_pixels=64_000_000)  # the check waits for the header
+    with pytest.raises(DecodeError, match=r"only FITS \(.fits.gz\)"):
+        _gunzip(gzip.compress(encode_png(gradient_rgb(8, 8))), max_pixels=64_000_000)
+    assert len(_gunzip(gzip.compress(b"x" * 100))) == 100  # without a pixel budget (training, bulk): any gzip
+    cube = "".join(
+        c.ljust(80)
+        for c in (
+            "SIMPLE  = T",
+            "BITPIX  = -32",
+            "NAXIS   = 3",
+            "NAXIS1  = 1000",
+            "NAXIS2  = 1000",
+            "NAXIS3  = 268",
+            "END",
+        )
+    )
+    with pytest.raises(ImageTooLargeError, match="1072000000 bytes of data"):
+        _gunzip(gzip.compress(cube.ljust(2880).encode() + bytes(1 << 20)), max_pixels=1_000_000)
+    absurd = "".join(c.ljust(80) for c in ("SIMPLE  = T", "BITPIX  = 8", "NAXIS   = 3000000000", "END"))
+    with pytest.raises(DecodeError, match="malformed FITS header"):
+        _gunzip(gzip.compress(absurd.ljust(2880).encode()), max_pixels=1_000_000)
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((1024, 1024), np.float32))]).writeto(buf)
+    info = probe_image(gzip.compress(buf.getvalue()), "mef.fits.gz", max_pixels=64_000_000)
+    assert info.shape == (1024, 1024)

@@ -124,9 +124,12 @@ def test_token_rules(tmp_path, monkeypatch, store):
     assert api.require("Bearer s3cret", Role.LABELLER).role is Role.ADMIN  # the shared token: one admin
     assert _status(api.require, None, Role.LABELLER).status == 401
     assert _status(api.require, "Bearer wrong", Role.LABELLER).status == 401
+    assert _status(api.require, "Bearer \u00e9t\u00e9", Role.LABELLER).status == 401  # non-ASCII: a 401, no 500
     monkeypatch.delenv("MY_TOKEN_ENV")
     err = _status(api.require, "Bearer anything", Role.LABELLER)
-    assert err.status == 401  # no such user and no shared token
+    assert err.status == 403  # open mode: writes are off whatever token is sent
+    assert api.require("Bearer anything", Role.VIEWER) is None  # and reads ignore a token they do not need
+    assert _status(api.require, "Bearer \u00e9t\u00e9", Role.LABELLER).status == 403  # non-ASCII: no 500
     err = _status(api.require, None, Role.LABELLER)
     assert err.status == 403 and "$MY_TOKEN_ENV" in err.message and "users add" in err.message
     assert api.require(None, Role.VIEWER) is None  # open mode: reads need no token

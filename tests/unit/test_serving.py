@@ -293,3 +293,9 @@ def test_multipart_parts_under_another_field_or_with_overlong_names_are_400():
             200,
         )
     assert other.value.status == long_name.value.status == 400
+    reordered = (
+        b"--XyZ\r\nContent-Disposition: form-data; filename*=UTF-8''" + b"y" * 230 + b".png; name=images\r\n\r\n"
+        b"\x89PNG\r\n--XyZ--\r\n"
+    )
+    with pytest.raises(RequestError, match="file name too long"):  # parameters in any order, RFC 2231 form
+        check_multipart(reordered, b"XyZ", "images", 200)

@@ -179,3 +179,38 @@ def test_probe_margin_tempers_the_probe_head():
         logits = model(torch.from_numpy(labelled).permute(0, 3, 1, 2))
     margin = (logits[:, 1] - logits[:, 0]).abs().mean()
     assert margin == pytest.approx(1.0, rel=1e-3)
+
+
+def test_checkpoints_from_before_named_momentum_still_resume(tmp_path):
+    """Older checkpoints stored momentum by position (weights with decay first, then biases and norms)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from training.trainer import _index_keys
+
+    labelled, y, pool = _data()
+    trainer = _trainer()
+    trainer.train(labelled, y, pool, iterations=2)
+    path = trainer.save_checkpoint(tmp_path / "new.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    for (name, _), old_key in zip(trainer.model.named_parameters(), _index_keys(trainer.model)):
+        tensors[old_key] = tensors.pop(f"optim.{name}.momentum_buffer")
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    resumed = _trainer(seed=5)
+    resumed.load_checkpoint(tmp_path / "old.safetensors")
+    for p, q in zip(trainer.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(trainer.optimizer.state[p]["momentum_buffer"], resumed.optimizer.state[q]["momentum_buffer"])
+
+
+def test_a_retrain_from_a_trained_model_keeps_its_head():
+    labelled, y, pool = _data()
+    moved = {}
+    for fresh in (True, False):
+        trainer = _variant(head_init="linprobe")  # the same seed: the same starting head
+        trainer.fresh_head = fresh  # False: what the retrain watcher sets when it starts from the champion
+        before = trainer.model.backbone.get_classifier().weight.clone()
+        trainer.train(labelled, y, pool, iterations=1)
+        moved[fresh] = float((trainer.model.backbone.get_classifier().weight - before).abs().max())
+    assert moved[False] < 0.05 < moved[True], moved  # one SGD step, against a probe fit that replaces the head
