@@ -139,18 +139,9 @@ class BulkJobs:
         progress = dict(manifest["progress"])
         if progress.get("status") in ("queued", "running"):
             progress["status"] = "interrupted"  # the process that ran it stopped; resubmit to resume
-        out = {
-            "job_id": job_id,
-            **progress,
-            "done": progress.get("scored", 0) + progress.get("skipped", 0),
-            "model_version": manifest["model_version"],
-            "out_dir": str(out_dir),
-            "sources": [s["path"] for s in manifest["sources"]],
-            "shards": len(manifest["shards"]),
-        }
-        for name in ("top.csv", "errors.csv"):
-            out[name.split(".")[0] + "_file"] = str(out_dir / name) if (out_dir / name).is_file() else ""
-        return out
+        return _report(
+            job_id, progress, manifest["model_version"], out_dir, [s["path"] for s in manifest["sources"]], manifest
+        )
 
     def list_jobs(self) -> list[dict]:
         """Every job this service knows: those it ran and those found in job folders, by job id."""
@@ -175,20 +166,8 @@ class BulkJobs:
                 raise RequestError(404, f"no bulk job {job_id!r} in this service")
             return found
         job = self._job(job_id)
-        progress = job.progress
-        out = {
-            "job_id": job_id,
-            **asdict(progress),
-            "done": progress.done,
-            "model_version": job.model_version,
-            "out_dir": str(job.out_dir),
-            "sources": job.sources,
-        }
-        manifest = job.out_dir / "manifest.json"
-        out["shards"] = len(read_manifest(job.out_dir)["shards"]) if manifest.is_file() else 0
-        for name in ("top.csv", "errors.csv"):
-            out[name.split(".")[0] + "_file"] = str(job.out_dir / name) if (job.out_dir / name).is_file() else ""
-        return out
+        manifest = read_manifest(job.out_dir) if (job.out_dir / MANIFEST).is_file() else None
+        return _report(job_id, asdict(job.progress), job.model_version, job.out_dir, job.sources, manifest)
 
     def cancel(self, job_id: str) -> dict:
         job = self._job(job_id)
@@ -203,3 +182,21 @@ class BulkJobs:
         for job in jobs:
             job.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _report(
+    job_id: str, progress: dict, version: str, out_dir: Path, sources: list[str], manifest: dict | None
+) -> dict:
+    """A job's status as the service reports it: progress, model version, sources, shards, output files."""
+    out = {
+        "job_id": job_id,
+        **progress,
+        "done": progress.get("scored", 0) + progress.get("skipped", 0),
+        "model_version": version,
+        "out_dir": str(out_dir),
+        "sources": sources,
+        "shards": len(manifest["shards"]) if manifest else 0,
+    }
+    for name in ("top.csv", "errors.csv"):
+        out[name.split(".")[0] + "_file"] = str(out_dir / name) if (out_dir / name).is_file() else ""
+    return out

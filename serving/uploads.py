@@ -150,22 +150,35 @@ class RequestSizeLimit:
             if length.isdigit() and int(length) > self.max_bytes:
                 return await self._reject(send, length.decode())
             return await self.app(scope, receive, send)
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break  # the client went away: the app sees the disconnect
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                return await self._reject(send, f"over {self.max_bytes}")
-            if not message.get("more_body", False):
-                break
+        messages, within = await _read_body(receive, self.max_bytes)
+        if not within:
+            return await self._reject(send, f"over {self.max_bytes}")
+        return await self.app(scope, _replay(messages, receive), send)
 
-        async def replay():  # type: ignore[no-untyped-def]
-            return messages.pop(0) if messages else await receive()
 
-        return await self.app(scope, replay, send)
+async def _read_body(receive, max_bytes: int) -> tuple[list, bool]:  # type: ignore[no-untyped-def]
+    """The ASGI messages of a request body, read to its end (or a disconnect, which the app then sees),
+    and whether it stayed within ``max_bytes`` (reading stops as soon as it does not)."""
+    messages, seen = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, True
+        seen += len(message.get("body", b""))
+        if seen > max_bytes:
+            return messages, False
+        if not message.get("more_body", False):
+            return messages, True
+
+
+def _replay(messages: list, receive):  # type: ignore[no-untyped-def]
+    """A ``receive`` that hands on the messages already read, then the live ones."""
+
+    async def replay():  # type: ignore[no-untyped-def]
+        return messages.pop(0) if messages else await receive()
+
+    return replay
 
 
 def _disposition(head: bytes) -> tuple[str, str] | None:
@@ -214,29 +227,15 @@ class MultipartCheck:
         boundary = re.search(rb'(?i)boundary="?([^";]+)"?', content_type)
         if scope["type"] != "http" or scope.get("path") not in self.paths or boundary is None:
             return await self.app(scope, receive, send)
-        messages, body = [], bytearray()
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                error = RequestError(413, f"request too large (over {self.max_bytes} bytes)")
-                return await _send_json(send, error.status, error.body())
-            if not message.get("more_body", False):
-                break
+        messages, within = await _read_body(receive, self.max_bytes)
         try:
-            check_multipart(bytes(body), boundary.group(1), self.field, self.max_filename)
+            if not within:
+                raise RequestError(413, f"request too large (over {self.max_bytes} bytes)")
+            body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+            check_multipart(body, boundary.group(1), self.field, self.max_filename)
         except RequestError as exc:
             return await _send_json(send, exc.status, exc.body())
-        finally:
-            body.clear()
-
-        async def replay():  # type: ignore[no-untyped-def]
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
+        return await self.app(scope, _replay(messages, receive), send)
 
 
 async def _send_json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]

@@ -33,6 +33,12 @@ def outside_roots(path: str | os.PathLike, roots: tuple[Path, ...] | None) -> st
     return "" if any(resolved.is_relative_to(root) for root in roots) else str(resolved)
 
 
+def _link_reason(path: Path, roots: tuple[Path, ...] | None) -> str | None:
+    """Why ``path`` is not read (its link leads outside ``roots``), or None."""
+    target = outside_roots(path, roots)
+    return f"links to {target}, outside the allowed roots: not read" if target else None
+
+
 def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -51,8 +57,9 @@ class FolderSource(ImageSource):
     ) -> None:
         self.root = Path(root)
         allowed = resolve_roots(roots)
-        if outside_roots(self.root, allowed):
-            raise SourceError(f"{root} resolves to {outside_roots(self.root, allowed)}, outside the allowed roots")
+        target = outside_roots(self.root, allowed)
+        if target:
+            raise SourceError(f"{root} resolves to {target}, outside the allowed roots")
         keys: list[str] = []
         skipped: list[tuple[str, str]] = []
         seen_dirs: set[tuple[int, int]] = set()
@@ -65,19 +72,14 @@ class FolderSource(ImageSource):
                 dirnames.clear()
                 continue
             seen_dirs.add((stat.st_dev, stat.st_ino))
-            for d in [d for d in dirnames if d.startswith(".")]:
-                skipped.append((f"{rel_dir}{d}/", "hidden folder, not read"))
-                dirnames.remove(d)
-            for d in [d for d in dirnames if outside_roots(Path(dirpath) / d, allowed)]:
-                target = outside_roots(Path(dirpath) / d, allowed)
-                skipped.append((f"{rel_dir}{d}/", f"links to {target}, outside the allowed roots: not read"))
-                dirnames.remove(d)
+            for d in list(dirnames):
+                reason = "hidden folder, not read" if d.startswith(".") else _link_reason(Path(dirpath) / d, allowed)
+                if reason:
+                    skipped.append((f"{rel_dir}{d}/", reason))
+                    dirnames.remove(d)
             for filename in filenames:
                 rel = rel_dir + filename
-                target = outside_roots(Path(dirpath) / filename, allowed)
-                reason = (
-                    f"links to {target}, outside the allowed roots: not read" if target else unsupported_reason(rel)
-                )
+                reason = _link_reason(Path(dirpath) / filename, allowed) or unsupported_reason(rel)
                 if reason is None:
                     keys.append(rel)
                 else:
@@ -88,9 +90,9 @@ class FolderSource(ImageSource):
 
     def read_at(self, index: int) -> Item:
         path = self.root / self._ids[index][self._prefix_len :]
-        target = outside_roots(path, self._allowed)  # again now: a file may have become a link since listing
-        if target:
-            raise SourceReadError(f"links to {target}, outside the allowed roots: not read")
+        reason = _link_reason(path, self._allowed)  # again now: a file may have become a link since listing
+        if reason:
+            raise SourceReadError(reason)
         return _read_file(path)
 
 
