@@ -210,7 +210,7 @@ def test_a_retrain_from_a_trained_model_keeps_its_head():
     for fresh in (True, False):
         trainer = _variant(head_init="linprobe")  # the same seed: the same starting head
         trainer.fresh_head = fresh  # False: what the retrain watcher sets when it starts from the champion
-        before = trainer.model.backbone.get_classifier().weight.clone()
+        before = trainer.model.backbone.get_classifier().weight.detach().clone()
         trainer.train(labelled, y, pool, iterations=1)
         moved[fresh] = float((trainer.model.backbone.get_classifier().weight.detach() - before).abs().max())
     assert moved[False] < 0.05 < moved[True], moved  # one SGD step, against a probe fit that replaces the head
