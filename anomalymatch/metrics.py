@@ -1,7 +1,10 @@
 """Ranking metrics for an anomaly search: AUROC, AUPRC and what the expert sees in the top slice.
 
-Every function ranks images by descending score. Ties in score are broken by image id (ascending string
-order), never by label, so a tie between an anomaly and a nominal image cannot flatter the model.
+Every function ranks images by descending score. Ties in score are broken by a hash of the image id (then
+the id itself), never by label and never by the id's spelling: ids often carry a class or survey name
+(``airplane_00042``), and alphabetical order would put one class first inside a tie and flatter (or punish)
+a model that gives many images the same score. The order is still fixed: the same ids and scores rank
+the same way on every machine, whatever the input order.
 AUROC and average precision do not depend on the order inside a tie (they treat a tie as one threshold,
 exactly like scikit-learn), so they take no ids.
 
@@ -19,6 +22,7 @@ tens of millions of scores.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,8 +88,17 @@ def _as_ids(ids: Sequence[str] | np.ndarray, n: int) -> np.ndarray:
     return a
 
 
+def tie_keys(ids: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random uint64 per id (BLAKE2b of its UTF-8 text): the order inside a tie."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in ids],
+        dtype=np.uint64,
+    )
+
+
 def _descending_order(s: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
-    """Indices by descending score; tied scores ordered by id when ids are given (else by position)."""
+    """Indices by descending score; tied scores ordered by id hash, then id, when ids are given (else by
+    position)."""
     order = np.argsort(-s, kind="stable")
     if ids is None or s.size < 2:
         return order
@@ -99,13 +112,13 @@ def _descending_order(s: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
     group = np.concatenate(([0], np.cumsum(~tied_next)))
     pos = np.flatnonzero(in_tie)  # tie groups are contiguous runs of sorted positions
     members = order[pos]
-    within = np.lexsort((ids[members], group[pos]))
+    within = np.lexsort((ids[members], tie_keys(ids[members]), group[pos]))
     order[pos] = members[within]
     return order
 
 
 def rank_order(scores: Sequence[float] | np.ndarray, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Indices sorting images by descending score, ties broken by id ascending (string compare)."""
+    """Indices sorting images by descending score, ties broken by id hash (see the module notes)."""
     s = _as_scores(scores)
     return _descending_order(s, _as_ids(ids, s.size))
 

@@ -87,7 +87,7 @@ class CycleResult:
 
 
 def select_candidates(ids: np.ndarray, scores: np.ndarray, n: int) -> list[tuple[str, float]]:
-    """The ``n`` highest-scoring images as (id, score), ties broken by id."""
+    """The ``n`` highest-scoring images as (id, score), ties broken by id hash (``metrics.rank_order``)."""
     order = rank_order(scores, ids)[:n]
     return [(str(ids[i]), float(scores[i])) for i in order]
 
