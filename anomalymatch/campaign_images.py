@@ -141,10 +141,7 @@ class ImageLibrary:
         """The original file bytes of ``image_id`` (raw HDF5 rows, and any image with ``render_png``, as a
         display PNG at native resolution). ``KeyError`` when no campaign source holds it, ``DecodeError``
         when its bytes are not an image (or, with ``render_png``, cannot be decoded)."""
-        source = self._source_for(image_id)
-        if source is None:
-            raise KeyError(f"image {image_id!r} is in no campaign's sources")
-        item = source.read(image_id)
+        item = self._item(image_id)
         base = image_id.rsplit("/", 1)[-1] or "image"
         if isinstance(item, np.ndarray) or render_png:
             return ImageFile(_to_png(item, image_id), "image/png", f"{Path(base).stem or 'image'}.png")
@@ -152,6 +149,19 @@ class ImageLibrary:
         if data[:2] == b"\x1f\x8b" and has_image_magic(data):  # gzip: a .fits.gz, served as it is stored
             return ImageFile(data, "application/gzip", base)
         return ImageFile(data, _MEDIA_TYPES[sniff_format(data, base).value], base)
+
+    def read_display(self, image_id: str) -> np.ndarray:
+        """What ``image_id`` shows before the display transform (``anomalymatch.display``): FITS values as
+        stored, HDF5 rows channel-last, other files decoded RGB. ``KeyError`` / ``DecodeError`` as ``read``."""
+        from anomalymatch.display import display_pixels
+
+        return display_pixels(self._item(image_id), image_id)
+
+    def _item(self, image_id: str) -> bytes | np.ndarray:
+        source = self._source_for(image_id)
+        if source is None:
+            raise KeyError(f"image {image_id!r} is in no campaign's sources")
+        return source.read(image_id)
 
     def close(self) -> None:
         with self._lock:

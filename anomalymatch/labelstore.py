@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import json
 import time as _time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from anomalymatch.config import LabelStoreConfig
+from anomalymatch.label_policy import Disagreement, LabelPolicy, choose, disagreements, parse_policy
 from anomalymatch.labels import Label, LabelError, LabelTable, _basename, parse_label, read_labels
 
 SCHEMA_VERSION = 1
@@ -84,7 +86,8 @@ class CsvFormat(str, Enum):
 
 
 class CandidateStrategy(str, Enum):
-    """``top``: highest scores; ``uncertain``: scores nearest 0.5; ``explore``: seeded random unlabelled."""
+    """``top``: highest scores; ``uncertain``: scores nearest 0.5; ``explore``: seeded random unlabelled (a
+    fixed shuffle, so successive pages do not overlap)."""
 
     TOP = "top"
     UNCERTAIN = "uncertain"
@@ -526,22 +529,87 @@ class LabelStore:
             out.update((r.image_id, r.label) for r in conn.execute(sa.select(sub).where(sub.c.rn == 1)))
         return out
 
-    def current_labels(self, with_extra: bool = True) -> LabelTable:
-        """The current label of every labelled image (the last one stored wins), sorted by id, for training.
-        ``with_extra`` adds the user, time and comment of that label as extra columns."""
+    def current_labels(self, with_extra: bool = True, policy: LabelPolicy | str | None = None) -> LabelTable:
+        """The label of every labelled image that trains the model, sorted by id: by the campaign's label
+        policy (``anomalymatch.label_policy``; ``policy`` None = the stored one), so with one expert the
+        last label stored. ``with_extra`` adds the user, time and comment of that label as extra columns."""
+        policy = self.label_policy() if policy is None else parse_policy(policy)
         sub = _latest(sa.true())
         with self._read() as conn:
             rows = conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.image_id)).all()
+            chosen = [_record(r) for r in rows]
+            if policy is not LabelPolicy.LATEST:
+                shared = (
+                    sa.select(_labels.c.image_id)
+                    .group_by(_labels.c.image_id)
+                    .having(sa.func.count(sa.distinct(_labels.c.user)) > 1)
+                )
+                histories: dict[str, list[LabelRecord]] = {}
+                for r in conn.execute(sa.select(_labels).where(_labels.c.image_id.in_(shared))):
+                    histories.setdefault(r.image_id, []).append(_record(r))
+                admins = self._admins(conn)
+                chosen = [
+                    choose(histories[c.image_id], policy, admins) if c.image_id in histories else c for c in chosen
+                ]
         extra = (
             {
-                "user": tuple(r.user for r in rows),
-                "time": tuple(r.time for r in rows),
-                "comment": tuple(r.comment for r in rows),
+                "user": tuple(c.user for c in chosen),
+                "time": tuple(_fmt_time(c.time) for c in chosen),
+                "comment": tuple(c.comment for c in chosen),
             }
             if with_extra
             else {}
         )
-        return LabelTable(tuple(r.image_id for r in rows), tuple(Label(r.label) for r in rows), extra)
+        return LabelTable(tuple(c.image_id for c in chosen), tuple(c.label for c in chosen), extra)
+
+    # -- several experts ------------------------------------------------------------------------------------
+    def label_policy(self) -> LabelPolicy:
+        """Which label of an image trains the model when experts differ (``latest`` unless set)."""
+        with self._read() as conn:
+            value = conn.execute(sa.select(_store_meta.c.value).where(_store_meta.c.key == "label_policy")).scalar()
+        return parse_policy(value or LabelPolicy.LATEST.value)
+
+    def set_label_policy(self, policy: LabelPolicy | str) -> LabelPolicy:
+        policy = parse_policy(policy)
+
+        def work(conn: sa.Connection) -> None:
+            conn.execute(sa.delete(_store_meta).where(_store_meta.c.key == "label_policy"))
+            conn.execute(sa.insert(_store_meta).values(key="label_policy", value=policy.value))
+
+        self._transact(work)
+        return policy
+
+    def disagreements(self, limit: int = 1000) -> list[Disagreement]:
+        """Images whose experts' own latest labels differ and no admin has settled (``label_policy``), most
+        recent first (at most ``limit``)."""
+        shared = (
+            sa.select(_labels.c.image_id)
+            .group_by(_labels.c.image_id)
+            .having(sa.func.count(sa.distinct(_labels.c.label)) > 1)
+            .having(sa.func.count(sa.distinct(_labels.c.user)) > 1)
+        )
+        with self._read() as conn:
+            records = [_record(r) for r in conn.execute(sa.select(_labels).where(_labels.c.image_id.in_(shared)))]
+            admins = self._admins(conn)
+        return disagreements(records, admins)[:limit]
+
+    def _admins(self, conn: sa.Connection) -> set[str]:
+        return set(conn.execute(sa.select(_users.c.name).where(_users.c.role == "admin")).scalars())
+
+    def delete_label(self, seq: int, user: str | None = None) -> LabelRecord:
+        """Withdraw one label event (an expert's undo): only ``user``'s own label unless ``user`` is None
+        (an admin). The image's earlier labels, if any, stand again."""
+
+        def work(conn: sa.Connection) -> LabelRecord:
+            row = conn.execute(sa.select(_labels).where(_labels.c.seq == int(seq))).first()
+            if row is None:
+                raise LabelStoreError(f"no label with sequence number {seq}")
+            if user is not None and row.user != user:
+                raise LabelStoreError(f"label {seq} was given by {row.user!r}, not {user!r}: only its author undoes it")
+            conn.execute(sa.delete(_labels).where(_labels.c.seq == int(seq)))
+            return _record(row)
+
+        return self._transact(work)
 
     def labelled_ids(self) -> frozenset[str]:
         """Ids with at least one label."""
@@ -630,33 +698,92 @@ class LabelStore:
         return total
 
     def select_candidates(
-        self, model_version: str, n: int, strategy: CandidateStrategy | str = "top", seed: int = 0
+        self, model_version: str, n: int, strategy: CandidateStrategy | str = "top", seed: int = 0, offset: int = 0
     ) -> list[Candidate]:
-        """Up to ``n`` unlabelled images scored by ``model_version``, ranked by ``strategy``."""
+        """Up to ``n`` unlabelled images scored by ``model_version``, ranked by ``strategy``, after skipping the
+        first ``offset`` of that ranking (pages of a gallery)."""
         strategy = CandidateStrategy(strategy)
-        if n < 0:
-            raise LabelStoreError(f"select_candidates needs n >= 0, got {n}")
+        if n < 0 or offset < 0:
+            raise LabelStoreError(f"select_candidates needs n >= 0 and offset >= 0, got {n} and {offset}")
         unlabelled = ~sa.exists().where(_labels.c.image_id == _scores.c.image_id)
         base = sa.select(_scores.c.image_id, _scores.c.score).where(
             _scores.c.model_version == model_version, unlabelled
         )
         with self._read() as conn:
             if strategy is CandidateStrategy.TOP:
-                rows = conn.execute(base.order_by(_scores.c.score.desc(), _scores.c.image_id).limit(n)).all()
+                rows = conn.execute(
+                    base.order_by(_scores.c.score.desc(), _scores.c.image_id).offset(offset).limit(n)
+                ).all()
                 return [Candidate(*r) for r in rows]
             if strategy is CandidateStrategy.UNCERTAIN:
                 distance = sa.func.abs(_scores.c.score - 0.5)
-                rows = conn.execute(base.order_by(distance, _scores.c.image_id).limit(n)).all()
+                rows = conn.execute(base.order_by(distance, _scores.c.image_id).offset(offset).limit(n)).all()
                 return [Candidate(*r) for r in rows]
-            total = conn.execute(sa.select(sa.func.count()).select_from(base.subquery())).scalar_one()
-            picks = np.random.default_rng(seed).choice(total, size=min(n, total), replace=False)
-            wanted = {int(p): k for k, p in enumerate(picks)}
-            chosen: list[Candidate | None] = [None] * len(picks)
-            result = conn.execution_options(yield_per=10_000).execute(base.order_by(_scores.c.image_id))
-            for position, row in enumerate(result):
-                if position in wanted:
-                    chosen[wanted[position]] = Candidate(*row)
-        return [c for c in chosen if c is not None]
+            # a fixed shuffle (a seeded hash of each id), so pages of it never overlap
+            result = conn.execution_options(yield_per=10_000).execute(base)
+            salt = f"{seed}:".encode()
+            keyed = ((hashlib.blake2b(salt + r.image_id.encode(), digest_size=8).digest(), r) for r in result)
+            page = heapq.nsmallest(offset + n, keyed, key=lambda kr: kr[0])[offset:]
+        return [Candidate(*r) for _, r in page]
+
+    def scores_for(self, model_version: str, ids: Sequence[str]) -> dict[str, float]:
+        """The stored scores of ``model_version`` for those of ``ids`` it scored."""
+        out: dict[str, float] = {}
+        with self._read() as conn:
+            for chunk in _chunks(sorted(set(ids))):
+                query = sa.select(_scores.c.image_id, _scores.c.score).where(
+                    _scores.c.model_version == model_version, _scores.c.image_id.in_(chunk)
+                )
+                out.update((r.image_id, float(r.score)) for r in conn.execute(query))
+        return out
+
+    def scored_labels(self, model_version: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, 0/1 labels, scores) of labelled images that ``model_version`` scored. Scores are stored for
+        unlabelled images only, so these labels came after the model: none was in its training set."""
+        table = self.current_labels(with_extra=False)
+        scores = self.scores_for(model_version, list(table.ids))
+        ids = [i for i in table.ids if i in scores]
+        labels = dict(zip(table.ids, table.labels))
+        y = np.array([labels[i] is Label.ANOMALY for i in ids], dtype=np.int8)
+        return ids, y, np.array([scores[i] for i in ids], dtype=np.float64)
+
+    # -- campaign statistics ------------------------------------------------------------------------------
+    def label_counts(self) -> dict[str, int]:
+        """Label events, labelled images and images whose training label is anomaly."""
+        table = self.current_labels(with_extra=False)
+        with self._read() as conn:
+            events = conn.execute(sa.select(sa.func.count()).select_from(_labels)).scalar_one()
+        return {
+            "labels": events,
+            "labelled_images": len(table.ids),
+            "anomalies": sum(1 for lab in table.labels if lab is Label.ANOMALY),
+        }
+
+    def label_activity(self) -> list[dict[str, Any]]:
+        """Labels per user and UTC day (when they were recorded), oldest day first."""
+        day = sa.func.substr(_labels.c.recorded_at, 1, 10)
+        query = (
+            sa.select(_labels.c.user, day.label("day"), sa.func.count().label("n"))
+            .group_by(_labels.c.user, day)
+            .order_by(day, _labels.c.user)
+        )
+        with self._read() as conn:
+            return [{"user": r.user, "day": r.day, "n": r.n} for r in conn.execute(query)]
+
+    def discovery_curve(self) -> dict[str, list[int]]:
+        """Anomalies found against labels spent, in the order labels were stored: after each label event,
+        how many distinct images have been labelled anomaly at least once (by anyone)."""
+        found: set[str] = set()
+        x: list[int] = []
+        y: list[int] = []
+        query = sa.select(_labels.c.image_id, _labels.c.label).order_by(_labels.c.seq)
+        with self._read() as conn:
+            for k, r in enumerate(conn.execution_options(yield_per=10_000).execute(query), 1):
+                if r.label == Label.ANOMALY.value:
+                    found.add(r.image_id)
+                x.append(k)
+                y.append(len(found))
+        return {"x": x, "y": y}
 
     # -- CSV ------------------------------------------------------------------------------------------------
     def import_csv(

@@ -8,74 +8,21 @@ One candidate at a time from the service, shown with a display stretch (linear, 
 brightness, contrast, channel toggles and invert. The buttons, or the keys ``a`` (anomaly), ``n``
 (nominal), ``s`` (skip) and ``b`` (back), post each decision at once (nothing waits in the notebook to be
 lost). With ``test_set`` ({image id: label} of labelled images the model has not trained on) the current
-model's ROC and PR curves are shown too. The display transform (``adjust_image``) is plain numpy.
+model's ROC and PR curves are shown too. The display transform is ``anomalymatch.display`` (plain numpy,
+shared with the web app).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from anomalymatch.fits import bands_to_rgb, stretch_to_uint8
-from anomalymatch.preprocessing import FitsStretch
+from anomalymatch.display import STRETCHES, adjust_image, display_data, to_png  # noqa: F401 (re-exported)
 
-STRETCHES = {
-    "linear": FitsStretch.MINMAX,
-    "log": FitsStretch.LOG,
-    "asinh": FitsStretch.ASINH,
-    "zscale": FitsStretch.ZSCALE,
-}
 KEYS = {"a": "anomaly", "n": "nominal", "s": "skip", "b": "back"}
-
-
-def adjust_image(
-    data: np.ndarray,
-    stretch: str = "linear",
-    brightness: float = 0.0,
-    contrast: float = 1.0,
-    channels: Sequence[bool] = (True, True, True),
-    invert: bool = False,
-) -> np.ndarray:
-    """The display transform: (H, W) or (H, W, C) values of any dtype (NaN allowed) -> uint8 (H, W, 3).
-
-    Each channel is stretched on its own (``stretch``), then ``contrast`` scales around mid-grey,
-    ``brightness`` (-1..1) shifts, ``invert`` flips, and channels switched off are black."""
-    if stretch not in STRETCHES:
-        raise ValueError(f"unknown stretch {stretch!r}; use one of {sorted(STRETCHES)}")
-    if len(channels) != 3:
-        raise ValueError(f"channels needs three on/off values (R, G, B), got {len(channels)}")
-    data = np.asarray(data)
-    if data.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {data.shape}")
-    rgb = bands_to_rgb(stretch_to_uint8(data, STRETCHES[stretch])).astype(np.float32) / 255.0
-    rgb = (rgb - 0.5) * contrast + 0.5 + brightness
-    np.clip(rgb, 0.0, 1.0, out=rgb)
-    if invert:
-        rgb = 1.0 - rgb
-    rgb *= np.asarray(channels, dtype=np.float32)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def display_data(data: bytes, name: str) -> np.ndarray:
-    """What a file shows before the display transform: FITS measurements as they are, other formats as
-    decoded 8-bit RGB."""
-    from anomalymatch.decode import ImageFormat, decode_native, sniff_format
-    from anomalymatch.fits import read_fits
-
-    if sniff_format(data, name) is ImageFormat.FITS:
-        return read_fits(data)
-    return decode_native(data, name)
-
-
-def to_png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class LabelWidget:

@@ -45,21 +45,25 @@ def bearer_token(authorization: str | None) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def get_candidates(store: LabelStore, version: str, n: int = 20, strategy: str = "top") -> dict[str, Any]:
+def get_candidates(
+    store: LabelStore, version: str, n: int = 20, strategy: str = "top", offset: int = 0
+) -> dict[str, Any]:
     """Up to ``n`` unlabelled images scored by model ``version``, ranked by ``strategy`` (top, the paper's;
-    uncertain: scores nearest 0.5; explore: random)."""
+    uncertain: scores nearest 0.5; explore: random), from position ``offset`` of that ranking."""
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CANDIDATES:
         raise RequestError(400, f"n must be an integer from 1 to {MAX_CANDIDATES}, got {n!r}")
     if strategy not in STRATEGIES:
         raise RequestError(400, f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
-    rows = store.select_candidates(version, n, strategy)
+    rows = store.select_candidates(version, n, strategy, offset=offset)
     out: dict[str, Any] = {
         "model_version": version,
         "strategy": strategy,
         "n": len(rows),
-        "candidates": [{"image_id": c.image_id, "score": float(c.score), "rank": k} for k, c in enumerate(rows, 1)],
+        "candidates": [
+            {"image_id": c.image_id, "score": float(c.score), "rank": k} for k, c in enumerate(rows, offset + 1)
+        ],
     }
-    if not rows:
+    if not rows and not offset:
         out["message"] = (
             f"no unlabelled images scored by model version {version!r} in the label store: its "
             "scores come with each retrain, or load them with LabelStore.import_scores_parquet "

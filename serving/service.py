@@ -12,6 +12,7 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
 - Labelling (``serving.labels_api``): ``/candidates`` ``{"n"?, "strategy"?}`` (unlabelled images ranked by
   the served model), ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
   ``/retrain_status`` and ``/image`` ``{"image_id", "png"?}`` (the original file).
+- ``/ui``: the labelling web app for expert teams (``serving.webapp``).
 - BentoML's ``GET /livez`` (health) and ``GET /readyz`` (ready once the model is loaded).
 
 This module and everything it imports are torch-free (a test asserts it).
@@ -35,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from anomalymatch.loader import decode_threads
 from anomalymatch.model_ref import resolve_tracking_uri
 from anomalymatch.users import Role
+from serving import webapp
 from serving.batching import AdaptiveBatcher
 from serving.jobs import BulkJobs
 from serving.labels_api import LabelsApi
@@ -99,6 +101,12 @@ class AnomalyMatchService:
             SERVING.top_n,
         )
         self.label_api = LabelsApi(CONFIG)
+        webapp.app.state.workbench = webapp.Workbench(
+            self.label_api,
+            lambda: self.model.current.version,
+            resolve_tracking_uri(CONFIG.tracking.tracking_uri, data),
+            CONFIG.tracking.registered_model,
+        )
         self.watcher = start_watcher(CONFIG) if CONFIG.retrain.in_service else None
 
     @staticmethod
@@ -242,5 +250,6 @@ class AnomalyMatchService:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
+AnomalyMatchService.mount_asgi_app(webapp.app, path="/ui")
 AnomalyMatchService.add_asgi_middleware(RequestSizeLimit, max_bytes=SERVING.max_upload_bytes)
 AnomalyMatchService.add_asgi_middleware(MultipartCheck, max_bytes=SERVING.max_upload_bytes)

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from labeling.widget import STRETCHES, adjust_image, display_data, to_png
+from anomalymatch.display import STRETCHES, adjust_image, display_data, to_png
 from tests.helpers.images import encode_png, gradient_rgb
 
 
