@@ -161,12 +161,15 @@ def run(args: argparse.Namespace) -> int:
             return 1
 
     token_env = config.labelstore.token_env
+    own_token = not os.environ.get(token_env)
     os.environ.setdefault(token_env, secrets.token_hex(16))  # the service and its watcher inherit it
     print("starting the scoring service (BentoML, ONNX Runtime) with its retrain watcher...")
     with start_service(config) as svc:
         loop = DemoLoop(svc.url, os.environ[token_env], h5_path, class_of, demo_dir / "labelling", store)
         info = loop.info()
         print(f"  serving version {info['model_version']} at {svc.url} on {info['providers']}")
+        shown = f"this run's token {os.environ[token_env]}" if own_token else f"the token in ${token_env}"
+        print(f"  the labelling web app, while the demo runs: {svc.url}/ui/ (sign in with {shown})")
         first = loop.score_archive()
         start_pool = loop.pool()
         rounds = []
