@@ -109,6 +109,11 @@ def _wait_sent(page, timeout_ms: int = 20_000) -> None:
 
 def test_label_twenty_with_the_keyboard_and_undo_one(browser, world: World) -> None:
     context, page = _signed_in(browser, world, "ann")
+    unlabelled = len(world.truth) - len(world.seed)
+    assert page.locator(".tile").count() == 60  # one page; scrolling to its end fetches the rest
+    page.eval_on_selector("#grid-wrap", "e => e.scrollTop = e.scrollHeight")
+    page.wait_for_function(f"() => document.querySelectorAll('.tile').length === {unlabelled}")
+    page.eval_on_selector("#grid-wrap", "e => e.scrollTop = 0")
     page.wait_for_timeout(300)  # thumbnails painted for the screenshot
     page.screenshot(path=str(ARTIFACTS / "queue.png"))
     given: list[tuple[str, str]] = []
