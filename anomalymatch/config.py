@@ -239,6 +239,7 @@ class RetrainConfig:
     in_service: bool = False
     pretrained: bool = True  # no champion yet: start from ImageNet weights (False: random, for tests)
     device: str = "auto"
+    embeddings: bool = True  # store the feature vectors of the images each retrain held ("more like this")
 
     def __post_init__(self) -> None:
         if self.min_labels < 1 or self.max_wait_minutes < 0 or self.poll_s <= 0:

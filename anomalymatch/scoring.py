@@ -13,6 +13,7 @@ from anomalymatch.preprocessing import PreprocessSpec
 
 SPEC_KEY = "anomalymatch.preprocess_spec"
 VERSION_KEY = "anomalymatch.model_version"
+EMBEDDING_OUTPUT = "embedding"  # the pooled-features output of models exported with embeddings
 
 
 def _onnxruntime():
@@ -63,6 +64,9 @@ class OnnxScorer:
         self.spec = PreprocessSpec.from_json(meta[SPEC_KEY])
         self.model_version = meta.get(VERSION_KEY, "")
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.score_output = outputs[0]
+        self.embedding_output = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else None
 
     @property
     def default_batch_size(self) -> int:
@@ -71,6 +75,23 @@ class OnnxScorer:
 
     def score(self, images: np.ndarray, batch_size: int = 0) -> np.ndarray:
         """Anomaly probabilities for uint8 images of shape (N, size, size, 3); ``batch_size`` 0 = auto."""
+        return self._run(images, batch_size, [self.score_output])[0]
+
+    def embed(self, images: np.ndarray, batch_size: int = 0) -> np.ndarray:
+        """The pooled features (N, D) float32 the classifier reads, for similarity search."""
+        return self.score_and_embed(images, batch_size)[1]
+
+    def score_and_embed(self, images: np.ndarray, batch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N,), features (N, D)) in one pass."""
+        if self.embedding_output is None:
+            raise ValueError(
+                f"this model (version {self.model_version or 'unknown'}) has no {EMBEDDING_OUTPUT!r} output: "
+                "it was exported before embeddings were; export it again (anomalymatch registry export)"
+            )
+        scores, features = self._run(images, batch_size, [self.score_output, self.embedding_output])
+        return scores, features
+
+    def _run(self, images: np.ndarray, batch_size: int, outputs: list[str]) -> list[np.ndarray]:
         batch_size = batch_size or self.default_batch_size
         size = self.spec.size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
@@ -78,8 +99,9 @@ class OnnxScorer:
                 f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} "
                 f"{images.shape}; decode with anomalymatch.sources at this model's spec"
             )
-        out = np.empty(len(images), dtype=np.float32)
+        parts: list[list[np.ndarray]] = [[] for _ in outputs]
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
-            out[start : start + len(batch)] = self.session.run(None, {self.input_name: batch})[0]
-        return out
+            for part, value in zip(parts, self.session.run(outputs, {self.input_name: batch})):
+                part.append(value)
+        return [np.concatenate(p).astype(np.float32, copy=False) if p else np.empty((0,), np.float32) for p in parts]

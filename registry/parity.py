@@ -1,17 +1,21 @@
 """Torch vs ONNX Runtime parity on real images: the exported graph must score like the trained model.
 
 Checked for every registered version: max |p_torch - p_onnx| <= tolerance and the same top-k ranking
-(scores closer than the tolerance count as ties). A version that fails is tagged and never promoted."""
+(scores closer than the tolerance count as ties), and for the ``embedding`` output a cosine similarity of
+at least ``EMBEDDING_MIN_COSINE`` between the torch and ONNX feature vectors of every image. A version
+that fails is tagged and never promoted."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from anomalymatch.metrics import rank_order
+
+EMBEDDING_MIN_COSINE = 0.9999
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class ParityResult:
     top_k_identical: bool  # the top-k id sequences are exactly equal
     tolerance: float
     reason: str
+    embedding_min_cosine: float | None = None  # None: the ONNX file has no embedding output
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +48,34 @@ def score_torch(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     finally:
         model.train(was_training)
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+
+def embed_torch(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The pooled features of a torch AnomalyNet on uint8 NHWC images (on the model's device), float32."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+                out.append(model.embed(x.to(device)).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine similarity of two (N, D) arrays (1 for two zero rows)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-30)
+    cos[both_zero] = 1.0
+    return float(cos.min()) if len(cos) else float("nan")
 
 
 def compare_scores(
@@ -116,4 +149,15 @@ def check_parity(
             f"preprocessing spec in the ONNX metadata {scorer.spec.to_json()} differs from the "
             f"model's {model.spec.to_json()}",
         )
-    return compare_scores(score_torch(model, images), scorer.score(images), ids, tolerance, top_k)
+    result = compare_scores(score_torch(model, images), scorer.score(images), ids, tolerance, top_k)
+    if scorer.embedding_output is None:
+        return result
+    cosine = min_cosine(embed_torch(model, images), scorer.embed(images))
+    if not cosine >= EMBEDDING_MIN_COSINE:  # also NaN
+        return replace(
+            result,
+            passed=False,
+            embedding_min_cosine=cosine,
+            reason=f"{result.reason}; embeddings differ: min cosine {cosine:.6f} < {EMBEDDING_MIN_COSINE}",
+        )
+    return replace(result, embedding_min_cosine=cosine)

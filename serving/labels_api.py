@@ -14,11 +14,15 @@ The retrain watcher the service runs beside itself (``retrain.in_service``) is `
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from anomalymatch.campaign_images import ImageFile, ImageLibrary
 from anomalymatch.config import AppConfig, RetrainConfig
+from anomalymatch.embeddings import EmbeddingSet, NoEmbeddingError, embeddings_path
 from anomalymatch.errors import DecodeError
 from anomalymatch.labelstore import (
     BadLabelError,
@@ -34,7 +38,9 @@ from serving.uploads import RequestError
 
 MAX_CANDIDATES = 1000
 MAX_LABELS_PER_POST = 10_000
-STRATEGIES = [s.value for s in CandidateStrategy]
+SIMILAR = "similar"  # served here from the stored embeddings, not by the label store's query
+STRATEGIES = [s.value for s in CandidateStrategy] + [SIMILAR]
+MAX_SIMILAR = 1000
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -54,6 +60,8 @@ def get_candidates(
         raise RequestError(400, f"n must be an integer from 1 to {MAX_CANDIDATES}, got {n!r}")
     if strategy not in STRATEGIES:
         raise RequestError(400, f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    if strategy == SIMILAR:
+        raise RequestError(400, "the 'similar' strategy needs the service's embeddings (LabelsApi.candidates)")
     rows = store.select_candidates(version, n, strategy, offset=offset)
     out: dict[str, Any] = {
         "model_version": version,
@@ -134,9 +142,78 @@ class LabelsApi:
         self.store = LabelStore.from_config(config.labelstore, config.data_path)
         self.library = ImageLibrary(self.store, roots=config.serving.data_roots or None)
         self.state_file = state_path(config.data_path)
+        self._embeddings: tuple[tuple[str, int], EmbeddingSet] | None = None
+        self._embeddings_lock = threading.Lock()
 
-    def candidates(self, version: str, n: int = 20, strategy: str = "top") -> dict[str, Any]:
-        return get_candidates(self.store, version, n, strategy)
+    def candidates(self, version: str, n: int = 20, strategy: str = "top", offset: int = 0) -> dict[str, Any]:
+        if strategy == SIMILAR:
+            return self.similar_candidates(version, n, offset)
+        return get_candidates(self.store, version, n, strategy, offset)
+
+    # -- "more like this" -----------------------------------------------------------------------------------
+    def embeddings(self, version: str) -> EmbeddingSet:
+        """The stored vectors of ``version`` (cached until the file changes); 404 when there are none."""
+        path = embeddings_path(self.config.data_path, version)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            raise RequestError(
+                404,
+                f"model version {version!r} has no stored embeddings: they come with each retrain of a model "
+                "exported with embeddings",
+            ) from None
+        with self._embeddings_lock:
+            if self._embeddings is None or self._embeddings[0] != (version, stamp):
+                self._embeddings = ((version, stamp), EmbeddingSet.load(path))
+            return self._embeddings[1]
+
+    def similar(self, version: str, query: np.ndarray | str, k: int = 50, unlabelled: bool = False) -> dict[str, Any]:
+        """The ``k`` images most like ``query`` (an image id with a stored vector, or a feature vector of an
+        uploaded image) among those ``version`` holds vectors for."""
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_SIMILAR:
+            raise RequestError(400, f"k must be an integer from 1 to {MAX_SIMILAR}, got {k!r}")
+        found = self.embeddings(version)
+        exclude: set[str] = set(self.store.labelled_ids()) if unlabelled else set()
+        if isinstance(query, str):
+            try:
+                vector = found.vector_of(query)
+            except NoEmbeddingError as exc:
+                raise RequestError(404, str(exc)) from None
+            exclude.add(query)
+        else:
+            vector = query
+        hits = found.nearest(vector, k, exclude=exclude)
+        return self._rows(version, hits, "similarity", {"query": query if isinstance(query, str) else "upload"})
+
+    def similar_candidates(self, version: str, n: int, offset: int = 0) -> dict[str, Any]:
+        """Unlabelled images nearest to any confirmed anomaly (the best cosine similarity to one of them)."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CANDIDATES:
+            raise RequestError(400, f"n must be an integer from 1 to {MAX_CANDIDATES}, got {n!r}")
+        found = self.embeddings(version)
+        table = self.store.current_labels(with_extra=False)
+        anomalies = [i for i, lab in zip(table.ids, table.labels) if lab.value == "anomaly"]
+        vectors = []
+        for image_id in anomalies:
+            try:
+                vectors.append(found.vector_of(image_id))
+            except NoEmbeddingError:
+                continue
+        if not vectors:
+            out = self._rows(version, [], "similarity", {"strategy": SIMILAR, "n": 0})
+            out["message"] = "no confirmed anomaly has a stored embedding for this model version yet"
+            return out
+        hits = found.nearest(np.stack(vectors), offset + n, exclude=set(table.ids))[offset:]
+        out = self._rows(version, hits, "similarity", {"strategy": SIMILAR}, first_rank=offset + 1)
+        out["n"] = len(hits)
+        return out
+
+    def _rows(self, version, hits, key, extra, first_rank: int = 1) -> dict[str, Any]:
+        scores = self.store.scores_for(version, [i for i, _ in hits])
+        rows = [
+            {"image_id": i, key: round(s, 6), "score": scores.get(i), "rank": r}
+            for r, (i, s) in enumerate(hits, first_rank)
+        ]
+        return {"model_version": version, **extra, "candidates": rows}
 
     def require(self, authorization: str | None, needed: Role) -> User | None:
         """The user a request acts as if its token grants ``needed`` (None in open mode: see

@@ -10,7 +10,10 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
   ``/bulk_cancel`` ``{"job_id"}``, ``/bulk_jobs``: resumable bulk jobs over server-side sources under the
   data roots (a job id is reused only with the same sources and model version: else 409).
 - Labelling (``serving.labels_api``): ``/candidates`` ``{"n"?, "strategy"?}`` (unlabelled images ranked by
-  the served model), ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
+  the served model; strategy top, uncertain, explore or similar: nearest to the confirmed anomalies),
+  ``/similar`` ``{"image_id", "k"?, "unlabelled"?}`` and ``/similar_upload`` (multipart ``images``, one
+  file): "more like this" by the model's stored features,
+  ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
   ``/retrain_status`` and ``/image`` ``{"image_id", "png"?}`` (the original file).
 - ``/ui``: the labelling web app for expert teams (``serving.webapp``).
 - BentoML's ``GET /livez`` (health) and ``GET /readyz`` (ready once the model is loaded).
@@ -199,6 +202,40 @@ class AnomalyMatchService:
     def candidates(self, ctx: bentoml.Context, n: int = 20, strategy: str = "top") -> dict[str, Any]:
         """Up to ``n`` unlabelled images ranked by the served model's scores (strategy top, uncertain, explore)."""
         return self._as(ctx, Role.VIEWER, lambda: self.label_api.candidates(self.model.current.version, n, strategy))
+
+    @bentoml.api
+    def similar(self, ctx: bentoml.Context, image_id: str, k: int = 50, unlabelled: bool = False) -> dict[str, Any]:
+        """The ``k`` images most like ``image_id`` by the served model's stored features ("more like this")."""
+        return self._as(
+            ctx, Role.VIEWER, lambda: self.label_api.similar(self.model.current.version, image_id, k, unlabelled)
+        )
+
+    @bentoml.api
+    async def similar_upload(
+        self, ctx: bentoml.Context, images: list[Path], k: int = 50, unlabelled: bool = False
+    ) -> dict[str, Any]:
+        """The ``k`` archive images most like one uploaded image (multipart field ``images``, one file)."""
+        loop = asyncio.get_running_loop()
+        model = self.model.current
+        authorization = ctx.request.headers.get("authorization")  # the request context stays on this thread
+
+        def work() -> dict[str, Any]:
+            self.label_api.require(authorization, Role.VIEWER)
+            if len(images) != 1:
+                raise RequestError(400, f"send exactly one image in the multipart field 'images', got {len(images)}")
+            files = [(upload_id(p), p.read_bytes) for p in images]
+            pixels = decode_uploads(files, model.scorer.spec, self.limits, self.decode_pool)
+            try:
+                vector = model.scorer.embed(pixels)[0]
+            except ValueError as exc:  # a model exported before embeddings
+                raise RequestError(409, str(exc)) from None
+            return self.label_api.similar(model.version, vector, k, unlabelled)
+
+        try:
+            return await loop.run_in_executor(None, work)
+        except RequestError as exc:
+            ctx.response.status_code = exc.status
+            return _error(exc)  # type: ignore[return-value]
 
     @bentoml.api
     def labels(

@@ -44,7 +44,7 @@ from anomalymatch.labels import parse_label
 from anomalymatch.labelstore import LabelStoreError
 from anomalymatch.metrics import pr_curve_points, roc_curve_points
 from anomalymatch.users import SHARED_USER, Role, User
-from serving.labels_api import LabelsApi, bearer_token, get_candidates
+from serving.labels_api import LabelsApi, bearer_token
 from serving.uploads import RequestError
 
 STATIC = Path(__file__).parent / "webui"
@@ -356,7 +356,7 @@ def _queue(bench: Workbench, call: Call) -> dict[str, Any]:
     offset = call.int("offset", 0, 0, 10_000_000)
     limit = call.int("limit", 60, 1, 500)
     strategy = call.request.query_params.get("strategy", "top")
-    out = get_candidates(bench.store, bench.version(), limit, strategy, offset=offset)
+    out = bench.labels.candidates(bench.version(), limit, strategy, offset)
     out["offset"] = offset
     return out
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from anomalymatch.campaign_images import CampaignImages, campaign_images
 from anomalymatch.config import AppConfig
+from anomalymatch.embeddings import EmbeddingSet, embeddings_path
 from anomalymatch.labelstore import LabelStore
 from anomalymatch.retrain_state import RetrainStatus, evaluate, now_iso, read_state, state_path, write_state
 
@@ -221,6 +222,10 @@ class RetrainWatcher:
             )
         result, reg, cycle_run = tracked.result, tracked.registration, tracked.run_id
         self.store.add_scores(reg.version, [str(i) for i in ids[result.pool_idx]], result.pool_scores)
+        if cfg.retrain.embeddings:  # the labelled images and the pool sample, as the exported model sees them
+            EmbeddingSet.from_vectors([str(i) for i in ids], trainer.embed(images), reg.version).save(
+                embeddings_path(cfg.data_path, reg.version)
+            )
         promoted, why = False, f"gate {reg.gate.decision.value}: {reg.gate.reason}"
         if not reg.parity.passed:
             why = f"parity failed: {reg.parity.reason}"

@@ -268,6 +268,15 @@ class FixMatchTrainer:
         model = self.ema.module if use_ema else self.model
         return score_images(model, images, batch_size or 256, self.device, self.memory_format, progress)
 
+    def embed(self, images: np.ndarray, batch_size: int = 0, use_ema: bool = True) -> np.ndarray:
+        """Pooled features (N, D) of uint8 NHWC images: the ``embedding`` output of the exported model (ONNX
+        Runtime on a CPU, eager torch on a GPU)."""
+        if self.device.type == "cpu":
+            return self._onnx_scorer(use_ema).embed(images, batch_size)
+        from registry.parity import embed_torch
+
+        return embed_torch(self.ema.module if use_ema else self.model, images, batch_size or 256)
+
     def _onnx_scorer(self, use_ema: bool):
         import tempfile
 

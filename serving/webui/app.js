@@ -64,6 +64,7 @@ function esc(s) {
 }
 
 const q = (params) => new URLSearchParams(params).toString();
+const fmt = (x, digits) => (x === null || x === undefined ? "not scored" : x.toFixed(digits));
 
 // -- sign-in and views -----------------------------------------------------------------------------------
 function show(view) {
@@ -133,7 +134,7 @@ function tile(item) {
   img.src = thumbUrl(item.image_id);
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = item.score.toFixed(3);
+  score.textContent = item.similarity !== undefined ? `sim ${item.similarity.toFixed(3)}` : fmt(item.score, 3);
   div.append(img, score);
   div.addEventListener("click", () => select(state.items.indexOf(item)));
   item.el = div;
@@ -223,14 +224,14 @@ async function showDetail(item) {
   const note = state.comments[item.image_id];
   const comment = note ? `<tr><td>your comment</td><td>${esc(note)}</td></tr>` : "";
   $("#info").innerHTML = `<table><tr><td>image</td><td>${esc(item.image_id)}</td></tr>
-    <tr><td>score</td><td>${item.score.toFixed(4)} (model ${esc(state.queueVersion)})</td></tr>${comment}</table>`;
+    <tr><td>score</td><td>${fmt(item.score, 4)} (model ${esc(state.queueVersion)})</td></tr>${comment}</table>`;
   try {
     const info = await api("image?" + q({ id: item.image_id }));
     if (token !== detailToken) return;
     const rows = info.labels.map((l) => `<tr><td>${esc(l.user)}</td><td class="lab-${l.label}">${l.label}</td>
       <td>${esc(l.time.slice(0, 16).replace("T", " "))}</td><td>${esc(l.comment)}</td></tr>`).join("");
     $("#info").innerHTML = `<table><tr><td>image</td><td>${esc(info.image_id)}</td></tr>
-      <tr><td>score</td><td>${info.score === null ? "not scored" : info.score.toFixed(4)} (model ${esc(info.model_version)})</td></tr>
+      <tr><td>score</td><td>${fmt(info.score, 4)} (model ${esc(info.model_version)})</td></tr>
       ${comment}</table>
       ${rows ? `<p>Labels by others${info.disputed ? " (disputed)" : ""}:</p><table class="data">${rows}</table>` : ""}`;
   } catch (err) {

@@ -226,3 +226,35 @@ def test_enough_labels_retrain_and_the_dashboard_follows_without_reload(browser,
         raise
     finally:
         stop_watcher(watcher)
+
+
+def test_more_like_this_by_id_by_upload_and_as_a_queue(browser, world: World) -> None:
+    import httpx
+
+    headers = {"authorization": f"Bearer {world.tokens['ann']}"}
+    anomaly = next(i for i in world.seed if world.truth[i])
+    version = httpx.post(f"{world.url}/info", json={}).json()["model_version"]
+    by_id = httpx.post(f"{world.url}/similar", json={"image_id": anomaly, "k": 10}, headers=headers).json()
+    assert by_id["model_version"] == version and len(by_id["candidates"]) == 10
+    assert anomaly not in {c["image_id"] for c in by_id["candidates"]}
+    sims = [c["similarity"] for c in by_id["candidates"]]
+    assert sims == sorted(sims, reverse=True)
+    upload = (world.root / "images" / anomaly).read_bytes()
+    by_upload = httpx.post(
+        f"{world.url}/similar_upload",
+        files={"images": (anomaly, upload, "image/png")},
+        data={"k": "3"},
+        headers=headers,
+    ).json()
+    assert by_upload["candidates"][0]["image_id"] == anomaly  # the archive's copy of the uploaded file
+    assert by_upload["candidates"][0]["similarity"] > 0.999
+    missing = httpx.post(f"{world.url}/similar", json={"image_id": "nope.png"}, headers=headers)
+    assert missing.status_code == 404 and "no stored embedding" in missing.json()["error"]
+    assert httpx.post(f"{world.url}/similar", json={"image_id": anomaly}).status_code == 401
+
+    context, page = _signed_in(browser, world, "ann")
+    page.select_option("#strategy", "similar")
+    page.wait_for_selector(".tile .score:has-text('sim')")
+    shown = page.locator(".tile").evaluate_all("tiles => tiles.map(t => t.dataset.id)")
+    assert shown and not set(shown) & world.store.labelled_ids()
+    context.close()

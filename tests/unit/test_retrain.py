@@ -101,6 +101,53 @@ def test_retrain_registers_promotes_then_continues_from_the_champion(world):
     assert {users[i] for i in during} == {"bob"}
     assert watcher.status()["status"] == "idle"
 
+    # Each retrain stored the vectors of every image it held, for "more like this" and the similar strategy.
+    from anomalymatch.embeddings import EmbeddingSet, embeddings_path
+
+    held = EmbeddingSet.load(embeddings_path(config.data_path, "2"))
+    assert held.model_version == "2" and set(held.ids) == set(truth) and held.dim == 1280
+    anomaly = first[0]
+    hits = held.nearest(held.vector_of(anomaly), k=len(truth), exclude={anomaly})
+    assert len(hits) == len(truth) - 1 and hits[0][1] >= hits[-1][1]
+
+    from anomalymatch.cli import main as cli
+
+    capsys_out = _run_cli(
+        cli,
+        [
+            "similar",
+            anomaly,
+            "--k",
+            "5",
+            "--unlabelled",
+            "--data-dir",
+            config.data_dir,
+            "--config",
+            str(_config_file(root, config)),
+        ],
+    )
+    lines = capsys_out.splitlines()
+    assert "model version 2" in lines[0] and len(lines) == 2 + 5
+    assert not {line.split("\t")[-1] for line in lines[2:]} & store.labelled_ids()  # only unlabelled images
+
+
+def _config_file(root, config):
+    import json
+
+    path = root / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+def _run_cli(cli, argv) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli(argv) == 0
+    return buf.getvalue()
+
 
 def test_failure_is_reported_and_keeps_the_champion_then_new_labels_retry(world):
     from training.retrain import RetrainWatcher
