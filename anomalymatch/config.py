@@ -258,10 +258,13 @@ class AppConfig:
     labelstore: LabelStoreConfig = field(default_factory=LabelStoreConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     workers: int = 0  # image-decoding threads everywhere (training, uploads, bulk jobs); 0 = one per CPU
+    preset: str = ""  # the named recipe applied under the config file and options (PRESETS); "" = none
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {self.workers}")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
 
     @property
     def data_path(self) -> Path:
@@ -271,6 +274,7 @@ class AppConfig:
         return {
             "data_dir": self.data_dir,
             "workers": self.workers,
+            "preset": self.preset,
             "preprocess": self.preprocess.to_dict(),
             "fixmatch": dataclasses.asdict(self.fixmatch),
             "cycle": dataclasses.asdict(self.cycle),
@@ -290,6 +294,16 @@ class AppConfig:
     def replace(self, **sections: Any) -> AppConfig:
         return dataclasses.replace(self, **sections)
 
+
+#: Named training recipes (``preset`` in a config file, ``--preset`` on the command line): the settings
+#: each applies on top of the defaults; a config file and command-line options still override them. The
+#: README's study table has what each costs and finds on the paper's protocol.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # the AnomalyMatch paper's FixMatch recipe (its hyper-parameters; 64 px rather than its 224 on a CPU)
+    "paper": {},
+    # 96 px with the stem and first 3 blocks kept at their ImageNet weights (no backward pass through them)
+    "balanced": {"preprocess": {"size": 96}, "fixmatch": {"freeze_blocks": 3}},
+}
 
 #: The config sections that define how a model is trained, and so ``AppConfig.config_hash``.
 RECIPE_SECTIONS = ("preprocess", "fixmatch", "cycle")
@@ -334,10 +348,11 @@ def config_from_dict(raw: Mapping[str, Any]) -> AppConfig:
             if unknown:
                 raise ValueError(f"unknown key(s) {unknown} in config section '{key}'; valid: {sorted(valid)}")
             kwargs[key] = PreprocessSpec.from_dict(dict(value)) if cls is PreprocessSpec else cls(**value)
-        elif key in ("data_dir", "workers"):
+        elif key in ("data_dir", "workers", "preset"):
             kwargs[key] = value
         else:
-            raise ValueError(f"unknown config key '{key}'; valid: {sorted([*_SECTIONS, 'data_dir', 'workers'])}")
+            valid = sorted([*_SECTIONS, "data_dir", "workers", "preset"])
+            raise ValueError(f"unknown config key '{key}'; valid: {valid}")
     return AppConfig(**kwargs)
 
 
@@ -352,13 +367,15 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> AppConfig:
-    """Defaults <- YAML file <- overrides (dotted keys such as ``"cycle.iterations"`` or nested dicts).
+    """Defaults <- preset <- YAML file <- overrides (dotted keys such as ``"cycle.iterations"`` or nested
+    dicts). The preset is named by ``overrides["preset"]`` or the file's ``preset`` key.
 
     ``ANOMALYMATCH_HOME`` sets the default data folder.
     """
     raw: dict[str, Any] = AppConfig().to_dict()
     if os.environ.get(DATA_DIR_ENV):
         raw["data_dir"] = os.environ[DATA_DIR_ENV]
+    loaded: Mapping[str, Any] = {}
     if path is not None:
         import yaml
 
@@ -369,7 +386,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
             loaded = yaml.safe_load(fh) or {}
         if not isinstance(loaded, Mapping):
             raise ValueError(f"config file {p} must hold a mapping at the top level")
-        raw = _deep_merge(raw, loaded)
+    preset = (overrides or {}).get("preset") or loaded.get("preset") or ""
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        raw = _deep_merge(raw, {**PRESETS[preset], "preset": preset})
+    raw = _deep_merge(raw, loaded)
     for key, value in (overrides or {}).items():
         if value is None:
             continue

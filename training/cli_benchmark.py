@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from anomalymatch.config import PRESETS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from training.benchmark import CASES, METHODS
@@ -25,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anomaly-fraction", type=float, help="anomaly share of the sampled pool")
     p.add_argument("--crop", type=float, help="centre-crop fraction applied before resizing")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--size", type=int, default=64, help="image size (default 64)")
+    p.add_argument("--size", type=int, help="image size (default: the preset's, else 64)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
     p.add_argument("--iterations", type=int, default=100, help="FixMatch iterations per cycle (default 100)")
     p.add_argument("--cycles", type=int, default=3, help="active-learning cycles (default 3)")
     p.add_argument("--picks", type=int, default=10, help="oracle picks per class per cycle (default 10)")
@@ -79,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
             "cycle.cycles": args.cycles,
             "cycle.picks": args.picks,
             "preprocess.size": args.size,
+            "preset": args.preset,
         },
     )
+    size = config.preprocess.size
     data_root = args.data_root or default_data_root()
     device = str(select_device(args.device))
     tracker = None
@@ -93,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     runs, datasets = [], []
     for case in cases:
         t0 = time.perf_counter()
-        data = load_case(case, args.size, data_root, args.workers, progress=not args.quiet)
+        data = load_case(case, size, data_root, args.workers, progress=not args.quiet)
         print(
-            f"{case.name}: {len(data.ids)} images decoded at {args.size}px in {time.perf_counter() - t0:.1f}s",
+            f"{case.name}: {len(data.ids)} images decoded at {size}px in {time.perf_counter() - t0:.1f}s",
             file=sys.stderr,
         )
         datasets.append(
@@ -118,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         "cases": [dataclasses.asdict(c) for c in cases],
         "seeds": seeds,
         "methods": methods,
-        "size": args.size,
+        "size": size,
+        "preset": config.preset,
         "iterations": cfg.iterations,
         "cycles": cfg.cycles,
         "picks": cfg.picks,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from anomalymatch.config import PRESETS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", action="append", required=True, help="source(s) holding the labelled images")
@@ -15,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, help="FixMatch iterations per cycle")
     p.add_argument("--cycles", type=int, help="cycles to run")
     p.add_argument("--size", type=int, help="image size")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
     p.add_argument("--crop", type=float, help="centre-crop fraction before resizing")
     p.add_argument("--pool-sample", type=int, help="unlabelled images held in memory for training (0 = all)")
     p.add_argument("--top", type=int, help="how many top candidates to write")
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             "cycle.pool_sample": args.pool_sample,
             "cycle.top_candidates": args.top,
             "cycle.seed": args.seed,
+            "preset": args.preset,
         },
     )
     progress = not args.quiet

@@ -95,3 +95,19 @@ def test_serving_dependencies_are_listed_once():
     assert set(bento["python"]["packages"]) == expected
     assert not any(dep.startswith(("torch", "timm")) for dep in expected)  # the service stays torch-free
     assert 'pip install --no-cache-dir -e ".[serving]"' in (root / "deploy" / "Dockerfile").read_text()
+
+
+def test_presets_sit_under_the_file_and_the_options(tmp_path):
+    balanced = load_config(None, {"preset": "balanced"})
+    assert (balanced.preset, balanced.preprocess.size, balanced.fixmatch.freeze_blocks) == ("balanced", 96, 3)
+    assert balanced.fixmatch.lr == load_config().fixmatch.lr  # everything else is the default
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: balanced\npreprocess: {size: 128}\n")
+    from_file = load_config(path)
+    assert (from_file.preprocess.size, from_file.fixmatch.freeze_blocks) == (128, 3)  # the file wins over the preset
+    assert load_config(path, {"preprocess.size": 64}).preprocess.size == 64  # and the options over both
+    assert load_config(None, {"preset": "paper"}).to_dict() == {**load_config().to_dict(), "preset": "paper"}
+    again = load_config(None, balanced.to_dict())  # a logged config reads back as itself
+    assert again == balanced and again.config_hash() == balanced.config_hash()
+    with pytest.raises(ValueError, match="unknown preset 'quick'; known: \\['balanced', 'paper'\\]"):
+        load_config(None, {"preset": "quick"})
