@@ -3,6 +3,7 @@
     anomalymatch label pull --n 20 --out DIR     # DIR/images/* + DIR/labels.csv to fill in
     anomalymatch label push DIR/labels.csv       # posts the rows that have a label (needs the token)
     anomalymatch label status                    # idle / queued / running / failed, the last version
+    anomalymatch label suspects                  # labels the model's features contradict (check them again)
 
 The service URL comes from --url or $ANOMALYMATCH_URL (default http://127.0.0.1:3000); the write token
 from $ANOMALYMATCH_LABEL_TOKEN or --token-file.
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     push.add_argument("csv", type=Path, help="the filled-in labels.csv")
     push.add_argument("--user", default="", help="who labelled (stored with each label)")
     sub.add_parser("status", help="the retraining status as JSON")
+    suspects = sub.add_parser("suspects", help="labelled images whose label the model's features contradict")
+    suspects.add_argument("--threshold", type=float, default=0.8, help="confidence of the contradiction (0.8)")
+    suspects.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
                     f"{result['added']} label(s) stored, {result['skipped']} unchanged{note}; "
                     f"retraining: {result.get('retrain', 'unknown')}"
                 )
+            elif args.action == "suspects":
+                found = client.suspects(args.threshold, args.limit)
+                print(
+                    f"{found['n']} suspect label(s) of {found['judged']} judged (model version "
+                    f"{found['model_version']}, out-of-fold confidence > {found['threshold']})"
+                )
+                print("doubt\tlabel\tuser\tid")
+                for s in found["suspects"]:
+                    print(f"{s['doubt']:.3f}\t{s['label']}\t{s['user'] or '-'}\t{s['image_id']}")
             else:
                 print(json.dumps(client.status(), indent=1))
         except (ServiceError, LabelError) as exc:

@@ -87,6 +87,11 @@ class Client(HttpClient):
         payload = {"labels": entries, "key": key or f"client:{uuid.uuid4().hex}", "user": user}
         return self.post("labels", payload, auth=True).json()
 
+    def suspects(self, threshold: float = 0.8, limit: int = 100) -> dict[str, Any]:
+        """Labelled images whose label the served model's features contradict: ``{"suspects": [{"image_id",
+        "label", "user", "p_anomaly", "doubt"}], "judged", ...}``."""
+        return self.post("suspects", {"threshold": threshold, "limit": limit}).json()
+
     def status(self) -> dict[str, Any]:
         """Retraining: ``status`` idle/queued/running/failed, ``last_version``, ``new_labels``, ``last_error``..."""
         return self.post("retrain_status", {}).json()

@@ -13,6 +13,7 @@ The retrain watcher the service runs beside itself (``retrain.in_service``) is `
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from anomalymatch.labelstore import (
     UnknownImageError,
 )
 from anomalymatch.retrain_state import evaluate, read_state, state_path
+from anomalymatch.suspects import DEFAULT_THRESHOLD, find_suspects
 from anomalymatch.users import SHARED_USER, AuthError, Role, User, authorize
 from serving.uploads import RequestError
 
@@ -206,6 +208,25 @@ class LabelsApi:
         out = self._rows(version, hits, "similarity", {"strategy": SIMILAR}, first_rank=offset + 1)
         out["n"] = len(hits)
         return out
+
+    def suspects(self, version: str, threshold: float = DEFAULT_THRESHOLD, limit: int = 100) -> dict[str, Any]:
+        """Labelled images whose label the model's features contradict out of fold (``anomalymatch.suspects``)."""
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.5 < threshold < 1:
+            raise RequestError(400, f"threshold must be a number in (0.5, 1), got {threshold!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_CANDIDATES:
+            raise RequestError(400, f"limit must be an integer from 1 to {MAX_CANDIDATES}, got {limit!r}")
+        found = self.embeddings(version)
+        try:
+            suspects, judged = find_suspects(found, self.store.current_labels(), float(threshold))
+        except ValueError as exc:
+            raise RequestError(409, f"suspect labels cannot be judged yet: {exc}") from None
+        return {
+            "model_version": version,
+            "threshold": threshold,
+            "judged": judged,
+            "n": len(suspects),
+            "suspects": [dataclasses.asdict(s) for s in suspects[:limit]],
+        }
 
     def _rows(self, version, hits, key, extra, first_rank: int = 1) -> dict[str, Any]:
         scores = self.store.scores_for(version, [i for i, _ in hits])

@@ -12,7 +12,8 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
 - Labelling (``serving.labels_api``): ``/candidates`` ``{"n"?, "strategy"?}`` (unlabelled images ranked by
   the served model; strategy top, uncertain, explore or similar: nearest to the confirmed anomalies),
   ``/similar`` ``{"image_id", "k"?, "unlabelled"?}`` and ``/similar_upload`` (multipart ``images``, one
-  file): "more like this" by the model's stored features,
+  file): "more like this" by the model's stored features, ``/suspects`` ``{"threshold"?, "limit"?}``
+  (labels the model's features contradict),
   ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
   ``/retrain_status`` and ``/image`` ``{"image_id", "png"?}`` (the original file).
 - ``/ui``: the labelling web app for expert teams (``serving.webapp``).
@@ -209,6 +210,11 @@ class AnomalyMatchService:
         return self._as(
             ctx, Role.VIEWER, lambda: self.label_api.similar(self.model.current.version, image_id, k, unlabelled)
         )
+
+    @bentoml.api
+    def suspects(self, ctx: bentoml.Context, threshold: float = 0.8, limit: int = 100) -> dict[str, Any]:
+        """Labelled images whose label the served model's features contradict out of fold (most doubted first)."""
+        return self._as(ctx, Role.VIEWER, lambda: self.label_api.suspects(self.model.current.version, threshold, limit))
 
     @bentoml.api
     async def similar_upload(

@@ -15,7 +15,8 @@ as plain ``<img>`` requests; an ``Authorization: Bearer`` header works as well.
 - ``GET /ui/api/status``: the served model version and retraining (the page polls it);
 - ``GET /ui/api/dashboard``: labels by user and day, the discovery curve, retraining, registry versions,
   the served model's ROC/PR on labels given after it scored them; ``GET /ui/api/export.csv``;
-- ``GET /ui/api/disagreements``, ``GET``/``POST /ui/api/settings`` (the label policy; admin to change).
+- ``GET /ui/api/disagreements``, ``GET /ui/api/suspects`` (labels the model's features contradict),
+  ``GET``/``POST /ui/api/settings`` (the label policy; admin to change).
 """
 
 from __future__ import annotations
@@ -471,6 +472,7 @@ app = Starlette(
         Route("/api/settings", endpoint(V, _settings)),
         Route("/api/settings", endpoint(A, _set_settings, body=True), methods=["POST"]),
         Route("/api/disagreements", endpoint(A, _disagreements)),
+        Route("/api/suspects", endpoint(V, lambda bench, call: bench.labels.suspects(bench.version(), limit=50))),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 )

@@ -513,6 +513,20 @@ async function refreshAdmin() {
   } catch (err) {
     toast(`admin: ${err.message}`);
   }
+  try {
+    const s = await api("suspects");
+    $("#suspects").innerHTML = s.suspects.length ? "" : `<p>none of ${s.judged} labels</p>`;
+    for (const item of s.suspects) {
+      const row = document.createElement("div");
+      row.className = "dis";
+      row.dataset.id = item.image_id;
+      row.innerHTML = `<img src="${thumbUrl(item.image_id)}" alt=""><span>${esc(item.image_id)}</span>
+        <span>${esc(item.user || "-")}: <b class="lab-${item.label}">${item.label}</b>, doubt ${item.doubt.toFixed(2)}</span>`;
+      $("#suspects").appendChild(row);
+    }
+  } catch (err) {
+    $("#suspects").textContent = err.message; // e.g. no stored embeddings for this model version yet
+  }
 }
 
 $("#policy").addEventListener("change", async (e) => {
