@@ -157,6 +157,16 @@ class ImageLibrary:
 
         return display_pixels(self._item(image_id), image_id)
 
+    def read_model_input(self, image_id: str, spec: PreprocessSpec) -> np.ndarray:
+        """``image_id`` as a model at ``spec`` sees it: uint8 (size, size, 3). ``KeyError`` / ``DecodeError``."""
+        from anomalymatch.decode import decode_image
+        from anomalymatch.transform import to_model_size
+
+        item = self._item(image_id)
+        if isinstance(item, np.ndarray):
+            return to_model_size(item, spec)
+        return decode_image(bytes(item), image_id, spec)
+
     def _item(self, image_id: str) -> bytes | np.ndarray:
         source = self._source_for(image_id)
         if source is None:

@@ -13,7 +13,7 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
   the served model; strategy top, uncertain, explore or similar: nearest to the confirmed anomalies),
   ``/similar`` ``{"image_id", "k"?, "unlabelled"?}`` and ``/similar_upload`` (multipart ``images``, one
   file): "more like this" by the model's stored features, ``/suspects`` ``{"threshold"?, "limit"?}``
-  (labels the model's features contradict),
+  (labels the model's features contradict), ``/saliency`` ``{"image_id", "stretch"?}`` (a PNG: why this score),
   ``/labels`` ``{"labels": [...], "key"?, "user"?}`` (needs ``Authorization: Bearer``),
   ``/retrain_status`` and ``/image`` ``{"image_id", "png"?}`` (the original file).
 - ``/ui``: the labelling web app for expert teams (``serving.webapp``).
@@ -37,6 +37,7 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse, Response
 
+from anomalymatch.display import STRETCHES
 from anomalymatch.loader import decode_threads
 from anomalymatch.model_ref import resolve_tracking_uri
 from anomalymatch.users import Role
@@ -105,9 +106,9 @@ class AnomalyMatchService:
             SERVING.top_n,
         )
         self.label_api = LabelsApi(CONFIG)
-        webapp.app.state.workbench = webapp.Workbench(
+        self.workbench = webapp.app.state.workbench = webapp.Workbench(
             self.label_api,
-            lambda: self.model.current.version,
+            lambda: self.model.current,
             resolve_tracking_uri(CONFIG.tracking.tracking_uri, data),
             CONFIG.tracking.registered_model,
         )
@@ -210,6 +211,18 @@ class AnomalyMatchService:
         return self._as(
             ctx, Role.VIEWER, lambda: self.label_api.similar(self.model.current.version, image_id, k, unlabelled)
         )
+
+    @bentoml.api(route="/saliency")  # not a method named ``saliency``: keeps the name free for the module
+    def saliency_map(self, ctx: bentoml.Context, image_id: str, stretch: str = "linear") -> bytes:
+        """Why this score: the image with the served model's occlusion map over it, as a PNG (red: what
+        raises the anomaly score, blue: what lowers it)."""
+
+        def send() -> Response:
+            if stretch not in STRETCHES:
+                raise RequestError(400, f"unknown stretch {stretch!r}; use one of {sorted(STRETCHES)}")
+            return Response(self.workbench.saliency(image_id, stretch), media_type="image/png")
+
+        return self._as(ctx, Role.VIEWER, send)
 
     @bentoml.api
     def suspects(self, ctx: bentoml.Context, threshold: float = 0.8, limit: int = 100) -> dict[str, Any]:

@@ -9,6 +9,7 @@ as plain ``<img>`` requests; an ``Authorization: Bearer`` header works as well.
 - ``GET /ui/api/queue?strategy&offset&limit``: a page of unlabelled candidates of the served model;
 - ``GET /ui/api/thumb?id&stretch&size`` and ``/ui/api/render?id&stretch&brightness&contrast&channels&invert``:
   PNGs rendered here with the display transform of ``anomalymatch.display`` (thumbnails cached in memory);
+- ``GET /ui/api/saliency?id&stretch``: the image with the served model's occlusion map over it;
 - ``GET /ui/api/image?id``: score, model version and every expert's labels of one image;
 - ``POST /ui/api/label`` ``{image_id, label, key, comment?}`` (idempotent by ``key``), ``POST /ui/api/undo``
   ``{seq}`` (one's own label; admins any);
@@ -44,6 +45,7 @@ from anomalymatch.label_policy import LabelPolicy
 from anomalymatch.labels import parse_label
 from anomalymatch.labelstore import LabelStoreError
 from anomalymatch.metrics import pr_curve_points, roc_curve_points
+from anomalymatch.saliency import occlusion_map, overlay_png
 from anomalymatch.users import SHARED_USER, Role, User
 from serving.labels_api import LabelsApi, bearer_token
 from serving.uploads import RequestError
@@ -81,13 +83,16 @@ class PngCache:
 class Workbench:
     """What the web app needs from the service: the labelling logic and the served model's version."""
 
-    def __init__(self, labels: LabelsApi, version: Callable[[], str], tracking_uri: str, registered_model: str):
+    def __init__(self, labels: LabelsApi, model: Callable[[], Any], tracking_uri: str, registered_model: str):
         self.labels = labels
         self.store = labels.store
-        self.version = version
+        self.model = model  # the served model now: .version and .scorer (serving.live_model.LoadedModel)
         self.tracking_uri = tracking_uri
         self.registered_model = registered_model
         self.thumbs = PngCache()
+
+    def version(self) -> str:
+        return self.model().version
 
     # -- auth -----------------------------------------------------------------------------------------------
     def who(self, request: Request, needed: Role) -> User | None:
@@ -119,6 +124,19 @@ class Workbench:
 
     def render(self, image_id: str, stretch: str, brightness: float, contrast: float, channels, invert) -> bytes:
         return to_png(adjust_image(self._pixels(image_id), stretch, brightness, contrast, channels, invert))
+
+    def saliency(self, image_id: str, stretch: str) -> bytes:
+        """The display image with the served model's occlusion map over it (``anomalymatch.saliency``)."""
+        model = self.model()
+        self._known(image_id)
+        try:
+            pixels = self.labels.library.read_model_input(image_id, model.scorer.spec)
+        except KeyError:
+            raise RequestError(404, f"image {image_id!r} is in no campaign's image sources served here") from None
+        except DecodeError as exc:
+            raise RequestError(422, f"image {image_id!r} cannot be shown: {exc.reason}") from None
+        _, heat = occlusion_map(model.scorer, pixels)
+        return overlay_png(adjust_image(self._pixels(image_id), stretch), heat)
 
     def image(self, image_id: str) -> dict[str, Any]:
         self._known(image_id)
@@ -463,6 +481,7 @@ app = Starlette(
         Route("/api/queue", endpoint(V, _queue)),
         Route("/api/thumb", endpoint(V, _thumb)),
         Route("/api/render", endpoint(V, _render)),
+        Route("/api/saliency", endpoint(V, lambda bench, call: _png(bench.saliency(call.image_id(), call.stretch())))),
         Route("/api/image", endpoint(V, lambda bench, call: bench.image(call.image_id()))),
         Route("/api/label", endpoint(L, _label, body=True), methods=["POST"]),
         Route("/api/undo", endpoint(L, _undo, body=True), methods=["POST"]),

@@ -21,7 +21,7 @@ const state = {
   outbox: [],         // label posts not yet confirmed: {key, body, tries, record}
   sending: false,
   comments: {},
-  view: { brightness: 0, contrast: 1, channels: [1, 1, 1], invert: 0, zoom: 1 },
+  view: { brightness: 0, contrast: 1, channels: [1, 1, 1], invert: 0, zoom: 1, saliency: false },
   modelVersion: null,
   queueVersion: null,
 };
@@ -209,6 +209,7 @@ function columns() {
 // -- the detail view -------------------------------------------------------------------------------------
 function renderUrl(id) {
   const v = state.view;
+  if (v.saliency) return "api/saliency?" + q({ id, stretch: state.stretch });
   return "api/render?" + q({ id, stretch: state.stretch, brightness: v.brightness, contrast: v.contrast,
     channels: v.channels.join(""), invert: v.invert });
 }
@@ -253,6 +254,7 @@ function rerender() {
 $("#brightness").addEventListener("input", (e) => { state.view.brightness = +e.target.value; rerender(); });
 $("#contrast").addEventListener("input", (e) => { state.view.contrast = +e.target.value; rerender(); });
 $("#invert").addEventListener("change", (e) => { state.view.invert = e.target.checked ? 1 : 0; rerender(); });
+$("#saliency").addEventListener("change", (e) => { state.view.saliency = e.target.checked; rerender(); });
 for (const box of document.querySelectorAll("[data-ch]")) {
   box.addEventListener("change", (e) => { state.view.channels[+e.target.dataset.ch] = e.target.checked ? 1 : 0; rerender(); });
 }

@@ -258,3 +258,28 @@ def test_more_like_this_by_id_by_upload_and_as_a_queue(browser, world: World) ->
     shown = page.locator(".tile").evaluate_all("tiles => tiles.map(t => t.dataset.id)")
     assert shown and not set(shown) & world.store.labelled_ids()
     context.close()
+
+
+def test_why_this_score_from_the_service_and_in_the_detail_view(browser, world: World) -> None:
+    import io
+
+    import httpx
+    from PIL import Image
+
+    headers = {"authorization": f"Bearer {world.tokens['ann']}"}
+    image_id = next(i for i in world.truth if world.truth[i])
+    response = httpx.post(f"{world.url}/saliency", json={"image_id": image_id}, headers=headers)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (40, 40)  # over the image at its own size
+    bad = httpx.post(f"{world.url}/saliency", json={"image_id": image_id, "stretch": "sqrt"}, headers=headers)
+    assert bad.status_code == 400 and "unknown stretch" in bad.json()["error"]
+
+    context, page = _signed_in(browser, world, "ann")
+    page.check("#saliency")
+    page.wait_for_function(
+        "() => { const b = document.querySelector('#big'); "
+        "return b.src.includes('api/saliency') && b.complete && b.naturalWidth > 0 }"
+    )
+    page.screenshot(path=str(ARTIFACTS / "saliency.png"))
+    assert not ERRORS[page]
+    context.close()

@@ -4,6 +4,7 @@ roles, the session cookie, clear 4xx for bad input without side effects, undo ru
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,7 +39,8 @@ def bench(tmp_path):
     setup_campaign(api.store, "c", [folder])
     api.store.add_scores("3", IDS, np.linspace(0.05, 0.95, len(IDS)))
     tokens = {n: add_user(api.store, n, r) for n, r in [("vic", "viewer"), ("ann", "labeller"), ("boss", "admin")]}
-    webapp.app.state.workbench = webapp.Workbench(api, lambda: "3", f"sqlite:///{tmp_path / 'none.db'}", "am")
+    served = SimpleNamespace(version="3", scorer=None)  # the scores are stored; nothing here runs the model
+    webapp.app.state.workbench = webapp.Workbench(api, lambda: served, f"sqlite:///{tmp_path / 'none.db'}", "am")
     yield api, tokens
     webapp.app.state.workbench = None
     api.close()
