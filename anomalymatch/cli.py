@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "Retrain the champion when new labels arrive (--watch), register, gate, promote",
     ),
     "label": ("labeling.cli", "Pull candidates to label and push labels to the service; retraining status"),
+    "catalogue": ("anomalymatch.cli_catalogue", "Attach a survey catalogue (id, ra, dec, columns) to the campaign"),
     "similar": ("anomalymatch.cli_similar", "The images most like one image, by the model's stored features"),
     "users": ("anomalymatch.cli_users", "People who may use the service: add (prints a token), list, remove"),
 }

@@ -37,6 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
+from anomalymatch.catalogue import CatalogueRow
 from anomalymatch.config import LabelStoreConfig
 from anomalymatch.label_policy import Disagreement, LabelPolicy, choose, disagreements, parse_policy
 from anomalymatch.labels import Label, LabelError, LabelTable, _basename, parse_label, read_labels
@@ -206,6 +207,14 @@ _scores = sa.Table(
     sa.Column("image_id", sa.String(1024), primary_key=True),
     sa.Column("score", sa.Float, nullable=False),
     sa.Index("ix_scores_version_score", "model_version", "score"),
+)
+_catalogue = sa.Table(  # a survey catalogue attached to the campaign (anomalymatch.catalogue)
+    "catalogue",
+    _meta,
+    sa.Column("image_id", sa.String(1024), primary_key=True),
+    sa.Column("ra", sa.Float, nullable=True),
+    sa.Column("dec", sa.Float, nullable=True),
+    sa.Column("columns", sa.Text, nullable=False),
 )
 _EVENT_KEY = ["image_id", "label", "user", "time"]
 
@@ -784,6 +793,36 @@ class LabelStore:
                 x.append(k)
                 y.append(len(found))
         return {"x": x, "y": y}
+
+    # -- catalogue ------------------------------------------------------------------------------------------
+    def attach_catalogue(self, rows: Sequence[CatalogueRow]) -> tuple[int, int]:
+        """Store catalogue rows (replacing earlier rows of the same ids) in one transaction; returns
+        (rows stored, how many of their ids are registered images)."""
+        values = [
+            {"image_id": r.image_id, "ra": r.ra, "dec": r.dec, "columns": json.dumps(r.columns, sort_keys=True)}
+            for r in rows
+        ]
+
+        def work(conn: sa.Connection) -> int:
+            for chunk in _chunks(values, 5_000):
+                stmt = self._insert(_catalogue).values(list(chunk))
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[_catalogue.c.image_id],
+                    set_={"ra": stmt.excluded.ra, "dec": stmt.excluded.dec, "columns": stmt.excluded.columns},
+                )
+                conn.execute(stmt)
+            return len(values) - len(self._missing_ids(conn, [r.image_id for r in rows]))
+
+        return len(values), self._transact(work)
+
+    def catalogue_for(self, ids: Sequence[str]) -> dict[str, CatalogueRow]:
+        """The catalogue rows of those ``ids`` that have one."""
+        out: dict[str, CatalogueRow] = {}
+        with self._read() as conn:
+            for chunk in _chunks(sorted(set(ids))):
+                for r in conn.execute(sa.select(_catalogue).where(_catalogue.c.image_id.in_(chunk))):
+                    out[r.image_id] = CatalogueRow(r.image_id, r.ra, r.dec, json.loads(r.columns))
+        return out
 
     # -- CSV ------------------------------------------------------------------------------------------------
     def import_csv(

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from anomalymatch.campaign_images import ImageFile, ImageLibrary
+from anomalymatch.catalogue import sky_links
 from anomalymatch.config import AppConfig, RetrainConfig
 from anomalymatch.embeddings import EmbeddingSet, NoEmbeddingError, embeddings_path
 from anomalymatch.errors import DecodeError
@@ -69,9 +70,10 @@ def get_candidates(
         "model_version": version,
         "strategy": strategy,
         "n": len(rows),
-        "candidates": [
-            {"image_id": c.image_id, "score": float(c.score), "rank": k} for k, c in enumerate(rows, offset + 1)
-        ],
+        "candidates": with_catalogue(
+            store,
+            [{"image_id": c.image_id, "score": float(c.score), "rank": k} for k, c in enumerate(rows, offset + 1)],
+        ),
     }
     if not rows and not offset:
         out["message"] = (
@@ -80,6 +82,17 @@ def get_candidates(
             "from a bulk scoring job"
         )
     return out
+
+
+def with_catalogue(store: LabelStore, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows (each with an ``image_id``) with the attached catalogue's ``ra``, ``dec``, ``catalogue`` columns
+    and sky-viewer ``links`` added where the catalogue has the image."""
+    found = store.catalogue_for([r["image_id"] for r in rows])
+    for row in rows:
+        entry = found.get(row["image_id"])
+        if entry is not None:
+            row.update(ra=entry.ra, dec=entry.dec, catalogue=entry.columns, links=sky_links(entry.ra, entry.dec))
+    return rows
 
 
 def post_labels(
@@ -234,7 +247,7 @@ class LabelsApi:
             {"image_id": i, key: round(s, 6), "score": scores.get(i), "rank": r}
             for r, (i, s) in enumerate(hits, first_rank)
         ]
-        return {"model_version": version, **extra, "candidates": rows}
+        return {"model_version": version, **extra, "candidates": with_catalogue(self.store, rows)}
 
     def require(self, authorization: str | None, needed: Role) -> User | None:
         """The user a request acts as if its token grants ``needed`` (None in open mode: see

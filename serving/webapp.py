@@ -47,7 +47,7 @@ from anomalymatch.labelstore import LabelStoreError
 from anomalymatch.metrics import pr_curve_points, roc_curve_points
 from anomalymatch.saliency import occlusion_map, overlay_png
 from anomalymatch.users import SHARED_USER, Role, User
-from serving.labels_api import LabelsApi, bearer_token
+from serving.labels_api import LabelsApi, bearer_token, with_catalogue
 from serving.uploads import RequestError
 
 STATIC = Path(__file__).parent / "webui"
@@ -149,13 +149,18 @@ class Workbench:
         mine: dict[str, str] = {}
         for h in history:
             mine[h["user"]] = h["label"]
-        return {
-            "image_id": image_id,
-            "model_version": version,
-            "score": score,
-            "labels": history,
-            "disputed": len(set(mine.values())) > 1,
-        }
+        return with_catalogue(
+            self.store,
+            [
+                {
+                    "image_id": image_id,
+                    "model_version": version,
+                    "score": score,
+                    "labels": history,
+                    "disputed": len(set(mine.values())) > 1,
+                }
+            ],
+        )[0]
 
     # -- dashboard ------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -222,24 +227,32 @@ class Workbench:
         return out
 
     def export_anomalies(self) -> str:
+        """The labelled anomalies as CSV: label, who, when, comment, the served model's score, and the
+        attached catalogue's coordinates and columns."""
         table = self.store.current_labels()
-        scores = self.store.scores_for(self.version(), list(table.ids))
+        picked = [k for k, label in enumerate(table.labels) if label.value == "anomaly"]
+        ids = [table.ids[k] for k in picked]
+        scores = self.store.scores_for(self.version(), ids)
+        catalogue = self.store.catalogue_for(ids)
+        extra = sorted({c for row in catalogue.values() for c in row.columns})
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["image_id", "label", "user", "time", "comment", "score"])
-        for k, (image_id, label) in enumerate(zip(table.ids, table.labels)):
-            if label.value == "anomaly":
-                score = scores.get(image_id)
-                writer.writerow(
-                    [
-                        image_id,
-                        label.value,
-                        table.extra["user"][k],
-                        table.extra["time"][k],
-                        table.extra["comment"][k],
-                        "" if score is None else f"{score:.6f}",
-                    ]
-                )
+        writer.writerow(["image_id", "label", "user", "time", "comment", "score", "ra", "dec", *extra])
+        for k, image_id in zip(picked, ids):
+            score, row = scores.get(image_id), catalogue.get(image_id)
+            coords = ["" if v is None else f"{v:.6f}" for v in ((row.ra, row.dec) if row else (None, None))]
+            writer.writerow(
+                [
+                    image_id,
+                    "anomaly",
+                    table.extra["user"][k],
+                    table.extra["time"][k],
+                    table.extra["comment"][k],
+                    "" if score is None else f"{score:.6f}",
+                    *coords,
+                    *[(row.columns.get(c, "") if row else "") for c in extra],
+                ]
+            )
         return buf.getvalue()
 
 

@@ -231,9 +231,12 @@ async function showDetail(item) {
     if (token !== detailToken) return;
     const rows = info.labels.map((l) => `<tr><td>${esc(l.user)}</td><td class="lab-${l.label}">${l.label}</td>
       <td>${esc(l.time.slice(0, 16).replace("T", " "))}</td><td>${esc(l.comment)}</td></tr>`).join("");
+    const cat = info.catalogue ? Object.entries(info.catalogue).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join("") : "";
+    const sky = info.ra !== undefined && info.ra !== null ? `<tr><td>ra, dec</td><td>${info.ra.toFixed(5)}, ${info.dec.toFixed(5)}
+      ${Object.entries(info.links || {}).map(([k, u]) => `<a href="${esc(u)}" target="_blank" rel="noopener">${esc(k)}</a>`).join(" ")}</td></tr>` : "";
     $("#info").innerHTML = `<table><tr><td>image</td><td>${esc(info.image_id)}</td></tr>
       <tr><td>score</td><td>${fmt(info.score, 4)} (model ${esc(info.model_version)})</td></tr>
-      ${comment}</table>
+      ${sky}${cat}${comment}</table>
       ${rows ? `<p>Labels by others${info.disputed ? " (disputed)" : ""}:</p><table class="data">${rows}</table>` : ""}`;
   } catch (err) {
     if (token === detailToken) toast(`image details: ${err.message}`);

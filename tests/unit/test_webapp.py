@@ -14,6 +14,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from anomalymatch.campaign_images import setup_campaign
+from anomalymatch.catalogue import CatalogueRow
 from anomalymatch.config import AppConfig, LabelStoreConfig, RetrainConfig
 from anomalymatch.users import add_user
 from serving import webapp
@@ -145,9 +146,13 @@ def test_settings_need_an_admin_and_export_lists_the_anomalies(bench) -> None:
         [("img29.png", "anomaly"), ("img28.png", "nominal"), ("img5.png", "anomaly")]
     ):
         ann.post("/api/label", json={"image_id": image_id, "label": label, "key": f"export-{k:04d}"})
+    api.store.attach_catalogue([CatalogueRow("img29.png", 150.25, -2.5, {"z": "0.3"})])
     rows = ann.get("/api/export.csv").text.splitlines()
-    assert rows[0] == "image_id,label,user,time,comment,score"
+    assert rows[0] == "image_id,label,user,time,comment,score,ra,dec,z"
     assert [r.split(",")[0] for r in rows[1:]] == ["img29.png", "img5.png"]
+    assert rows[1].endswith(",150.250000,-2.500000,0.3") and rows[2].endswith(",,,")
+    detail = ann.get("/api/image", params={"id": "img29.png"}).json()
+    assert detail["catalogue"] == {"z": "0.3"} and "legacysurvey" in detail["links"]
     dash = ann.get("/api/dashboard").json()
     assert dash["counts"] == {"images": 31, "labels": 3, "labelled_images": 3, "anomalies": 2}
     assert dash["discovery"] == {"x": [1, 2, 3], "y": [1, 1, 2]}
