@@ -12,6 +12,7 @@ Search is exact: one matrix-vector product over float32 copies of the vectors, m
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK = 262_144  # rows per product: bounds the (rows, queries) temporary
+CHUNK = 262_144  # rows per product
+QUERY_BLOCK = 64  # queries per product: with CHUNK, bounds the temporary at 64 MB
+_CONVERT_LOCK = threading.Lock()
 
 
 class NoEmbeddingError(LookupError):
@@ -86,27 +89,36 @@ class EmbeddingSet:
         with np.load(path, allow_pickle=False) as data:
             return cls(data["ids"], data["vectors"], str(data["model_version"]))
 
+    @cached_property
+    def _row_of(self) -> dict[str, int]:
+        return {str(i): k for k, i in enumerate(self.ids)}
+
     def vector_of(self, image_id: str) -> np.ndarray:
         """The stored unit vector of ``image_id`` (``NoEmbeddingError`` when it has none)."""
-        hit = np.flatnonzero(self.ids == image_id)
-        if not len(hit):
+        row = self._row_of.get(image_id)
+        if row is None:
             raise NoEmbeddingError(
                 f"image {image_id!r} has no stored embedding for model version {self.model_version!r}: "
                 "vectors are kept for the images a retrain held (the labelled ones and the pool sample)"
             )
-        return self.vectors[hit[0]].astype(np.float32)
+        return self.vectors[row].astype(np.float32)
 
     @cached_property
     def _vectors32(self) -> np.ndarray:
-        return self.vectors.astype(np.float32)  # BLAS has no float16 product: convert once, not per query
+        with _CONVERT_LOCK:  # concurrent first searches make one copy, not one each
+            return self.vectors.astype(np.float32)  # BLAS has no float16 product: convert once, not per query
 
     def similarity(self, queries: np.ndarray) -> np.ndarray:
-        """Cosine similarity (N,) of every stored vector to its nearest query (rows of ``queries``)."""
+        """Cosine similarity (N,) of every stored vector to its nearest query (rows of ``queries``); the
+        temporary stays at ``CHUNK`` x ``QUERY_BLOCK`` floats however many queries there are."""
         q = normalise(np.atleast_2d(queries))
         vectors = self._vectors32
-        out = np.empty(len(self), dtype=np.float32)
+        out = np.full(len(self), -np.inf, dtype=np.float32)
         for start in range(0, len(self), CHUNK):
-            out[start : start + CHUNK] = (vectors[start : start + CHUNK] @ q.T).max(axis=1)
+            part = out[start : start + CHUNK]
+            for first in range(0, len(q), QUERY_BLOCK):
+                block = vectors[start : start + CHUNK] @ q[first : first + QUERY_BLOCK].T
+                np.maximum(part, block.max(axis=1), out=part)
         return out
 
     def nearest(self, query: np.ndarray, k: int = 50, exclude: Collection[str] = ()) -> list[tuple[str, float]]:

@@ -1,4 +1,5 @@
-"""The label store: append-only label history, known images, scores per model version, campaigns.
+"""The label store: append-only label history (an expert may withdraw a label just given in the web app),
+known images, scores per model version, campaigns.
 
 SQLAlchemy 2.x Core on SQLite by default (WAL, ``synchronous=FULL``, busy timeout, ``BEGIN IMMEDIATE`` for
 every write so concurrent writer processes queue instead of failing), PostgreSQL by URL
@@ -602,12 +603,18 @@ class LabelStore:
             admins = self._admins(conn)
         return disagreements(records, admins)[:limit]
 
+    def admin_names(self) -> set[str]:
+        """The users with the admin role (their label settles a disagreement)."""
+        with self._read() as conn:
+            return self._admins(conn)
+
     def _admins(self, conn: sa.Connection) -> set[str]:
         return set(conn.execute(sa.select(_users.c.name).where(_users.c.role == "admin")).scalars())
 
-    def delete_label(self, seq: int, user: str | None = None) -> LabelRecord:
+    def delete_label(self, seq: int, user: str | None = None, batch_prefix: str | None = None) -> LabelRecord:
         """Withdraw one label event (an expert's undo): only ``user``'s own label unless ``user`` is None
-        (an admin). The image's earlier labels, if any, stand again."""
+        (an admin), and with ``batch_prefix`` only a label posted under such a batch key (the web app's
+        ``ui:``). The event leaves the history; the image's earlier labels, if any, stand again."""
 
         def work(conn: sa.Connection) -> LabelRecord:
             row = conn.execute(sa.select(_labels).where(_labels.c.seq == int(seq))).first()
@@ -615,10 +622,18 @@ class LabelStore:
                 raise LabelStoreError(f"no label with sequence number {seq}")
             if user is not None and row.user != user:
                 raise LabelStoreError(f"label {seq} was given by {row.user!r}, not {user!r}: only its author undoes it")
+            if batch_prefix is not None and not (row.batch_key or "").startswith(batch_prefix):
+                raise LabelStoreError(f"label {seq} was not posted here ({batch_prefix!r} batches): it stays")
             conn.execute(sa.delete(_labels).where(_labels.c.seq == int(seq)))
             return _record(row)
 
         return self._transact(work)
+
+    def batch_seqs(self, key: str) -> list[int]:
+        """The sequence numbers of the labels a post with idempotency ``key`` stored (still stored)."""
+        with self._read() as conn:
+            query = sa.select(_labels.c.seq).where(_labels.c.batch_key == key).order_by(_labels.c.seq)
+            return list(conn.execute(query).scalars())
 
     def labelled_ids(self) -> frozenset[str]:
         """Ids with at least one label."""

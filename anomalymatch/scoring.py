@@ -86,7 +86,7 @@ class OnnxScorer:
         if self.embedding_output is None:
             raise ValueError(
                 f"this model (version {self.model_version or 'unknown'}) has no {EMBEDDING_OUTPUT!r} output: "
-                "it was exported before embeddings were; export it again (anomalymatch registry export)"
+                "it was exported before embeddings were; a retrain registers a version that has it"
             )
         scores, features = self._run(images, batch_size, [self.score_output, self.embedding_output])
         return scores, features

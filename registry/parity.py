@@ -149,10 +149,11 @@ def check_parity(
             f"preprocessing spec in the ONNX metadata {scorer.spec.to_json()} differs from the "
             f"model's {model.spec.to_json()}",
         )
-    result = compare_scores(score_torch(model, images), scorer.score(images), ids, tolerance, top_k)
     if scorer.embedding_output is None:
-        return result
-    cosine = min_cosine(embed_torch(model, images), scorer.embed(images))
+        return compare_scores(score_torch(model, images), scorer.score(images), ids, tolerance, top_k)
+    scores, features = scorer.score_and_embed(images)
+    result = compare_scores(score_torch(model, images), scores, ids, tolerance, top_k)
+    cosine = min_cosine(embed_torch(model, images), features)
     if not cosine >= EMBEDDING_MIN_COSINE:  # also NaN
         return replace(
             result,

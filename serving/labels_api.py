@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ MAX_LABELS_PER_POST = 10_000
 SIMILAR = "similar"  # served here from the stored embeddings, not by the label store's query
 STRATEGIES = [s.value for s in CandidateStrategy] + [SIMILAR]
 MAX_SIMILAR = 1000
+MAX_SIMILAR_RANKING = 10_000  # how deep the 'similar' queue ranks (computed once per label and model)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -159,6 +160,8 @@ class LabelsApi:
         self.state_file = state_path(config.data_path)
         self._embeddings: tuple[tuple[str, int], EmbeddingSet] | None = None
         self._embeddings_lock = threading.Lock()
+        self._results: dict[str, tuple[tuple, Any]] = {}  # kind -> (key, result): see _cached
+        self._results_lock = threading.Lock()
 
     def candidates(self, version: str, n: int = 20, strategy: str = "top", offset: int = 0) -> dict[str, Any]:
         if strategy == SIMILAR:
@@ -204,23 +207,46 @@ class LabelsApi:
         """Unlabelled images nearest to any confirmed anomaly (the best cosine similarity to one of them)."""
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CANDIDATES:
             raise RequestError(400, f"n must be an integer from 1 to {MAX_CANDIDATES}, got {n!r}")
-        found = self.embeddings(version)
-        table = self.store.current_labels(with_extra=False)
-        anomalies = [i for i, lab in zip(table.ids, table.labels) if lab.value == "anomaly"]
-        vectors = []
-        for image_id in anomalies:
-            try:
-                vectors.append(found.vector_of(image_id))
-            except NoEmbeddingError:
-                continue
-        if not vectors:
+        if offset + n > MAX_SIMILAR_RANKING:
+            raise RequestError(400, f"the similar ranking holds the first {MAX_SIMILAR_RANKING} images; page within it")
+        ranking = self._cached(("similar", version), lambda: self._similar_ranking(version))
+        if isinstance(ranking, str):
             out = self._rows(version, [], "similarity", {"strategy": SIMILAR, "n": 0})
-            out["message"] = "no confirmed anomaly has a stored embedding for this model version yet"
+            out["message"] = ranking
             return out
-        hits = found.nearest(np.stack(vectors), offset + n, exclude=set(table.ids))[offset:]
+        hits = ranking[offset : offset + n]
         out = self._rows(version, hits, "similarity", {"strategy": SIMILAR}, first_rank=offset + 1)
         out["n"] = len(hits)
         return out
+
+    def _similar_ranking(self, version: str) -> list[tuple[str, float]] | str:
+        found = self.embeddings(version)
+        table = self.store.current_labels(with_extra=False)
+        vectors = []
+        for image_id, label in zip(table.ids, table.labels):
+            if label.value == "anomaly":
+                try:
+                    vectors.append(found.vector_of(image_id))
+                except NoEmbeddingError:
+                    continue
+        if not vectors:
+            return "no confirmed anomaly has a stored embedding for this model version yet"
+        return found.nearest(np.stack(vectors), MAX_SIMILAR_RANKING, exclude=set(table.ids))
+
+    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key``, the model's stored embeddings and the labels stored so far (a new
+        label or a new retrain recomputes it); one result per kind of key is kept."""
+        path = embeddings_path(self.config.data_path, key[1])
+        stamp = path.stat().st_mtime_ns if path.exists() else 0
+        full = (*key, stamp, self.store.last_seq())
+        with self._results_lock:
+            hit = self._results.get(key[0])
+            if hit is not None and hit[0] == full:
+                return hit[1]
+        value = compute()
+        with self._results_lock:
+            self._results[key[0]] = (full, value)
+        return value
 
     def suspects(self, version: str, threshold: float = DEFAULT_THRESHOLD, limit: int = 100) -> dict[str, Any]:
         """Labelled images whose label the model's features contradict out of fold (``anomalymatch.suspects``)."""
@@ -228,9 +254,11 @@ class LabelsApi:
             raise RequestError(400, f"threshold must be a number in (0.5, 1), got {threshold!r}")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_CANDIDATES:
             raise RequestError(400, f"limit must be an integer from 1 to {MAX_CANDIDATES}, got {limit!r}")
-        found = self.embeddings(version)
         try:
-            suspects, judged = find_suspects(found, self.store.current_labels(), float(threshold))
+            suspects, judged = self._cached(
+                ("suspects", version, float(threshold)),
+                lambda: find_suspects(self.embeddings(version), self.store.current_labels(), float(threshold)),
+            )
         except ValueError as exc:
             raise RequestError(409, f"suspect labels cannot be judged yet: {exc}") from None
         return {

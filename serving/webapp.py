@@ -35,14 +35,13 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from anomalymatch.display import STRETCHES, adjust_image, thumbnail, to_png
 from anomalymatch.errors import DecodeError
-from anomalymatch.label_policy import LabelPolicy
-from anomalymatch.labels import parse_label
+from anomalymatch.label_policy import LabelPolicy, disagreements
 from anomalymatch.labelstore import LabelStoreError
 from anomalymatch.metrics import pr_curve_points, roc_curve_points
 from anomalymatch.saliency import occlusion_map, overlay_png
@@ -54,6 +53,7 @@ STATIC = Path(__file__).parent / "webui"
 COOKIE = "anomalymatch_token"
 THUMB_SIZES = (64, 96, 128, 192, 256)
 MAX_CURVE_POINTS = 400
+SALIENCY_AT_ONCE = 2  # occlusion maps computed at the same time (each is a batch of ~225 model passes)
 
 
 class PngCache:
@@ -90,16 +90,10 @@ class Workbench:
         self.tracking_uri = tracking_uri
         self.registered_model = registered_model
         self.thumbs = PngCache()
+        self._saliency_slots = threading.BoundedSemaphore(SALIENCY_AT_ONCE)
 
     def version(self) -> str:
         return self.model().version
-
-    # -- auth -----------------------------------------------------------------------------------------------
-    def who(self, request: Request, needed: Role) -> User | None:
-        header = request.headers.get("authorization")
-        if not bearer_token(header) and request.cookies.get(COOKIE):
-            header = f"Bearer {request.cookies[COOKIE]}"
-        return self.labels.require(header, needed)
 
     # -- images ---------------------------------------------------------------------------------------------
     def _known(self, image_id: str) -> None:
@@ -126,17 +120,26 @@ class Workbench:
         return to_png(adjust_image(self._pixels(image_id), stretch, brightness, contrast, channels, invert))
 
     def saliency(self, image_id: str, stretch: str) -> bytes:
-        """The display image with the served model's occlusion map over it (``anomalymatch.saliency``)."""
+        """The display image with the served model's occlusion map over it (``anomalymatch.saliency``);
+        cached per image, stretch and model version, and at most ``SALIENCY_AT_ONCE`` computed at a time."""
         model = self.model()
         self._known(image_id)
-        try:
-            pixels = self.labels.library.read_model_input(image_id, model.scorer.spec)
-        except KeyError:
-            raise RequestError(404, f"image {image_id!r} is in no campaign's image sources served here") from None
-        except DecodeError as exc:
-            raise RequestError(422, f"image {image_id!r} cannot be shown: {exc.reason}") from None
-        _, heat = occlusion_map(model.scorer, pixels)
-        return overlay_png(adjust_image(self._pixels(image_id), stretch), heat)
+
+        def make() -> bytes:
+            if not self._saliency_slots.acquire(timeout=30):
+                raise RequestError(503, "saliency maps are busy; retry in a moment")
+            try:
+                pixels = self.labels.library.read_model_input(image_id, model.scorer.spec)
+                _, heat = occlusion_map(model.scorer, pixels)
+            except KeyError:
+                raise RequestError(404, f"image {image_id!r} is in no campaign's image sources served here") from None
+            except DecodeError as exc:
+                raise RequestError(422, f"image {image_id!r} cannot be shown: {exc.reason}") from None
+            finally:
+                self._saliency_slots.release()
+            return overlay_png(adjust_image(self._pixels(image_id), stretch), heat)
+
+        return self.thumbs.get(("saliency", image_id, stretch, model.version), make)
 
     def image(self, image_id: str) -> dict[str, Any]:
         self._known(image_id)
@@ -146,9 +149,7 @@ class Workbench:
             {"seq": r.seq, "label": r.label.value, "user": r.user, "time": r.time.isoformat(), "comment": r.comment}
             for r in self.store.history(image_id)
         ]
-        mine: dict[str, str] = {}
-        for h in history:
-            mine[h["user"]] = h["label"]
+        disputed = bool(disagreements(self.store.history(image_id), self.store.admin_names()))
         return with_catalogue(
             self.store,
             [
@@ -157,7 +158,7 @@ class Workbench:
                     "model_version": version,
                     "score": score,
                     "labels": history,
-                    "disputed": len(set(mine.values())) > 1,
+                    "disputed": disputed,
                 }
             ],
         )[0]
@@ -238,6 +239,7 @@ class Workbench:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["image_id", "label", "user", "time", "comment", "score", "ra", "dec", *extra])
+        writer = _SafeCells(writer)
         for k, image_id in zip(picked, ids):
             score, row = scores.get(image_id), catalogue.get(image_id)
             coords = ["" if v is None else f"{v:.6f}" for v in ((row.ra, row.dec) if row else (None, None))]
@@ -254,6 +256,27 @@ class Workbench:
                 ]
             )
         return buf.getvalue()
+
+
+class _SafeCells:
+    """A CSV writer that keeps spreadsheets from running text as formulas: a cell of text starting with
+    = + - @ (or a tab / carriage return) gets a leading apostrophe. Numbers are written as they are."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def writerow(self, row: list[Any]) -> None:
+        self.writer.writerow([self.cell(v) for v in row])
+
+    @staticmethod
+    def cell(value: Any) -> Any:
+        if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            try:
+                float(value)
+                return value  # a negative number such as a declination
+            except ValueError:
+                return "'" + value
+        return value
 
 
 def _thin(curve: dict[str, list]) -> dict[str, list]:
@@ -326,6 +349,8 @@ def endpoint(needed: Role, work: Callable[[Workbench, Call], Any], body: bool = 
     async def handle(request: Request) -> Response:
         payload: dict = {}
         if body:
+            if not _is_json(request):
+                return _not_json()
             try:
                 payload = await request.json()
             except ValueError:
@@ -358,8 +383,20 @@ def _me(user: User | None) -> dict[str, Any]:
     return {"user": user.name, "role": user.role.value, "open": False, "shared": user.name == SHARED_USER}
 
 
+def _is_json(request: Request) -> bool:
+    """POSTs must say they are JSON: a cross-site form or ``text/plain`` post (a CORS "simple" request,
+    sent with the cookie) is refused before anything runs."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
+def _not_json() -> Response:
+    return JSONResponse({"error": "send the body as JSON (content-type: application/json)", "detail": []}, 415)
+
+
 async def signin(request: Request) -> Response:
     """Check a token (any role) and keep it in the session cookie."""
+    if not _is_json(request):
+        return _not_json()
     try:
         payload = await request.json()
     except ValueError:
@@ -379,6 +416,8 @@ async def signin(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    if not _is_json(request):
+        return _not_json()
     response = JSONResponse({"signed_out": True})
     response.delete_cookie(COOKIE, path="/ui")
     return response
@@ -427,11 +466,8 @@ def _label(bench: Workbench, call: Call) -> dict[str, Any]:
     name = call.body.get("user") if isinstance(call.body.get("user"), str) else ""
     entry = {"image_id": image_id, "label": label, "comment": comment}
     out = bench.labels.post([entry], f"ui:{key}", name, call.authorization)
-    seq = out["last_seq"]
-    if seq is None:  # a retry of a stored post: the label it stored is the author's latest of this image
-        author = call.user.name if call.user is not None and call.user.name != SHARED_USER else name
-        mine = [r for r in bench.store.history(image_id) if r.user == author and r.label is parse_label(label)]
-        seq = mine[-1].seq if mine else None
+    seq = bench.store.batch_seqs(f"ui:{key}")  # this key's label, also when this post is a retry
+    seq = seq[0] if seq else None
     return {"stored": out["added"] > 0, "replayed": out["replayed"], "seq": seq, "retrain": out["retrain"]}
 
 
@@ -442,9 +478,9 @@ def _undo(bench: Workbench, call: Call) -> dict[str, Any]:
     user = call.user
     owner = None if user is not None and user.role is Role.ADMIN else (user.name if user else "")
     try:
-        record = bench.store.delete_label(seq, owner)
+        record = bench.store.delete_label(seq, owner, batch_prefix="ui:")
     except LabelStoreError as exc:
-        raise RequestError(403 if "only its author" in str(exc) else 404, str(exc)) from None
+        raise RequestError(404 if "no label with" in str(exc) else 403, str(exc)) from None
     return {"withdrawn": {"seq": record.seq, "image_id": record.image_id, "label": record.label.value}}
 
 
@@ -455,7 +491,14 @@ def _settings(bench: Workbench, call: Call) -> dict[str, Any]:
     return {"label_policy": bench.store.label_policy().value, "policies": POLICIES}
 
 
+def _admin(call: Call) -> None:
+    """Open mode lets anyone read; what an admin decides needs a signed-in admin."""
+    if call.user is None:
+        raise RequestError(403, "this needs a signed-in admin: add one with `anomalymatch users add NAME --role admin`")
+
+
 def _set_settings(bench: Workbench, call: Call) -> dict[str, Any]:
+    _admin(call)
     try:
         policy = bench.store.set_label_policy(call.body.get("label_policy", ""))
     except ValueError as exc:
@@ -464,6 +507,7 @@ def _set_settings(bench: Workbench, call: Call) -> dict[str, Any]:
 
 
 def _disagreements(bench: Workbench, call: Call) -> dict[str, Any]:
+    _admin(call)
     found = bench.store.disagreements(limit=call.int("limit", 200, 1, 5000))
     return {"items": [{"image_id": d.image_id, "labels": d.labels, "last_seq": d.last_seq} for d in found]}
 
@@ -478,10 +522,6 @@ def _export(bench: Workbench, call: Call) -> Response:
 
 async def _index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
-
-
-async def _to_index(request: Request) -> Response:
-    return RedirectResponse(url=str(request.url).split("?", 1)[0].rstrip("/") + "/")
 
 
 V, L, A = Role.VIEWER, Role.LABELLER, Role.ADMIN

@@ -223,9 +223,12 @@ class RetrainWatcher:
         result, reg, cycle_run = tracked.result, tracked.registration, tracked.run_id
         self.store.add_scores(reg.version, [str(i) for i in ids[result.pool_idx]], result.pool_scores)
         if cfg.retrain.embeddings:  # the labelled images and the pool sample, as the exported model sees them
-            EmbeddingSet.from_vectors([str(i) for i in ids], trainer.embed(images), reg.version).save(
-                embeddings_path(cfg.data_path, reg.version)
-            )
+            try:
+                EmbeddingSet.from_vectors([str(i) for i in ids], trainer.embed(images), reg.version).save(
+                    embeddings_path(cfg.data_path, reg.version)
+                )
+            except (OSError, RuntimeError, ValueError) as exc:  # e.g. a full disk: the version stands without them
+                log.warning("version %s: embeddings not stored (%s); 'similar' has none for it", reg.version, exc)
         promoted, why = False, f"gate {reg.gate.decision.value}: {reg.gate.reason}"
         if not reg.parity.passed:
             why = f"parity failed: {reg.parity.reason}"

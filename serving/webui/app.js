@@ -24,6 +24,7 @@ const state = {
   view: { brightness: 0, contrast: 1, channels: [1, 1, 1], invert: 0, zoom: 1, saliency: false },
   modelVersion: null,
   queueVersion: null,
+  polls: 0,
 };
 
 // -- helpers ---------------------------------------------------------------------------------------------
@@ -114,8 +115,16 @@ $("#signin-form").addEventListener("submit", async (ev) => {
 });
 
 $("#signout").addEventListener("click", async () => {
-  await api("signout", { method: "POST" }).catch(() => {});
+  // labels still being sent belong to this user: give them a moment, then drop what is left rather than
+  // let them go out later under the next user's sign-in
+  for (let waited = 0; state.outbox.length && waited < 5000; waited += 250) await new Promise((r) => setTimeout(r, 250));
+  if (state.outbox.length) toast(`${state.outbox.length} label(s) could not be sent before sign-out and were dropped`);
+  state.outbox = [];
+  state.undo = [];
+  await api("signout", { json: {} }).catch(() => {});
   state.me = null;
+  state.items = [];
+  updateCounter();
   show("signin");
 });
 
@@ -142,6 +151,7 @@ function tile(item) {
 }
 
 async function reloadQueue() {
+  state.undo = []; // undo belongs to the queue it was given in
   state.items = [];
   state.seen = new Set();
   state.sel = 0;
@@ -417,7 +427,13 @@ async function poll() {
         banner.classList.remove("hidden");
         $("#reload").onclick = reloadQueue;
       }
-      if (!$("#dashboard").classList.contains("hidden")) refreshDashboard();
+      if (!$("#dashboard").classList.contains("hidden")) {
+        // every poll: the live parts; every fifth (15 s): the whole dashboard (it reads every label)
+        const model = $("#d-model"), status = $("#d-status");
+        if (model) model.textContent = s.model_version;
+        if (status) status.textContent = s.retrain.status;
+        if (++state.polls % 5 === 0) refreshDashboard();
+      }
     } catch (err) { /* shown on the next action */ }
   }
   setTimeout(poll, 3000);

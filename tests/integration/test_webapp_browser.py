@@ -215,7 +215,7 @@ def test_enough_labels_retrain_and_the_dashboard_follows_without_reload(browser,
         dash.wait_for_selector("#d-status:has-text('running')", timeout=60_000)
         dash.wait_for_selector("#d-model:has-text('2')", timeout=240_000)
         assert dash.text_content("#d-status") in ("idle", "queued", "running")
-        dash.wait_for_selector("#d-versions td:has-text('champion')")
+        dash.wait_for_selector("#d-versions tr:has(td:first-child:text-is('2')):has-text('champion')")  # lineage too
         page.wait_for_selector("#banner:has-text('Model version 2')", timeout=30_000)  # offers the new ranking
         dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert not ERRORS[dash] and not ERRORS[page]

@@ -68,8 +68,29 @@ def test_sign_in_sets_a_strict_httponly_cookie_that_then_authenticates(bench) ->
     cookie = ok.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
     assert client.get("/api/me").json()["user"] == "ann"  # the cookie alone
-    client.post("/api/signout")
+    client.post("/api/signout", json={})
     assert client.get("/api/me").status_code == 401
+
+
+def test_cross_site_simple_posts_and_open_mode_admin_actions_are_refused(bench, tmp_path) -> None:
+    api, tokens = bench
+    boss = _client(tokens, "boss")
+    plain = boss.post("/api/settings", content=b'{"label_policy": "majority"}', headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and api.store.label_policy().value == "latest"
+    form = _client(tokens, None).post("/api/signin", data={"token": tokens["boss"]})
+    assert form.status_code == 415 and "set-cookie" not in form.headers
+    from anomalymatch.users import remove_user
+
+    for name in tokens:
+        remove_user(api.store, name)  # open mode: no users, no shared token
+    anyone = _client(tokens, None)
+    assert anyone.get("/api/queue", params={"limit": 2}).status_code == 200  # reading is open
+    refused = anyone.post("/api/settings", json={"label_policy": "majority"})
+    assert refused.status_code == 403 and "signed-in admin" in refused.json()["error"]
+    assert anyone.get("/api/disagreements").status_code == 403
+    label = {"image_id": "img1.png", "label": "anomaly", "key": "k-open-001"}
+    assert anyone.post("/api/label", json=label).status_code == 403
+    assert api.store.label_policy().value == "latest" and api.store.history() == []
 
 
 def test_queue_pages_thumbnails_and_renders(bench) -> None:
@@ -125,14 +146,19 @@ def test_labels_are_idempotent_by_key_and_only_their_author_undoes_them(bench) -
     ]:
         response = ann.post("/api/label", json=bad)
         assert response.status_code in (400, 422) and words in response.json()["error"], response.text
-    assert ann.post("/api/label", content=b"{not json").status_code == 400
+    broken = ann.post("/api/label", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 400
     assert len(api.store.history()) == 1  # nothing else stored
     boss_label = boss.post("/api/label", json={**body, "key": "k-0004-abc", "label": "nominal"}).json()
     refused = ann.post("/api/undo", json={"seq": boss_label["seq"]})
     assert refused.status_code == 403 and "only its author" in refused.json()["error"]
     assert ann.post("/api/undo", json={"seq": first["seq"]}).json()["withdrawn"]["image_id"] == "img29.png"
+    api.store.add_labels([{"image_id": "img27.png", "label": "anomaly", "user": "ann"}])  # not through the app
+    kept = ann.post("/api/undo", json={"seq": api.store.last_seq()})
+    assert kept.status_code == 403 and "it stays" in kept.json()["error"]
     assert boss.post("/api/undo", json={"seq": 999}).status_code == 404
     assert [r.user for r in api.store.history("img29.png")] == ["boss"]
+    assert len(api.store.history("img27.png")) == 1
 
 
 def test_settings_need_an_admin_and_export_lists_the_anomalies(bench) -> None:
