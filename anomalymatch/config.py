@@ -109,6 +109,11 @@ class TrackingConfig:
     tracking_uri: str | None = None
     experiment: str = "anomalymatch"
     registered_model: str = "anomalymatch"
+    saliency_top: int = 8  # occlusion maps of this many top candidates logged with each tracked cycle (0 = none)
+
+    def __post_init__(self) -> None:
+        if self.saliency_top < 0:
+            raise ValueError(f"tracking.saliency_top must be >= 0, got {self.saliency_top}")
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,10 @@ class Client(HttpClient):
         payload = {"labels": entries, "key": key or f"client:{uuid.uuid4().hex}", "user": user}
         return self.post("labels", payload, auth=True).json()
 
+    def saliency(self, image_id: str, stretch: str = "linear") -> bytes:
+        """The image with the served model's occlusion map over it, as PNG bytes (red raises the score)."""
+        return self.post("saliency", {"image_id": image_id, "stretch": stretch}).content
+
     def suspects(self, threshold: float = 0.8, limit: int = 100) -> dict[str, Any]:
         """Labelled images whose label the served model's features contradict: ``{"suspects": [{"image_id",
         "label", "user", "p_anomaly", "doubt"}], "judged", ...}``."""

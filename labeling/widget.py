@@ -5,11 +5,11 @@
     LabelWidget(Client("http://127.0.0.1:3000", token="..."), n=20).show()
 
 One candidate at a time from the service, shown with a display stretch (linear, log, asinh, zscale),
-brightness, contrast, channel toggles and invert. The buttons, or the keys ``a`` (anomaly), ``n``
-(nominal), ``s`` (skip) and ``b`` (back), post each decision at once (nothing waits in the notebook to be
-lost). With ``test_set`` ({image id: label} of labelled images the model has not trained on) the current
-model's ROC and PR curves are shown too. The display transform is ``anomalymatch.display`` (plain numpy,
-shared with the web app).
+brightness, contrast, channel toggles and invert, or with the served model's occlusion map ("why this
+score"). The buttons, or the keys ``a`` (anomaly), ``n`` (nominal), ``s`` (skip) and ``b`` (back), post
+each decision at once (nothing waits in the notebook to be lost). With ``test_set`` ({image id: label}
+of labelled images the model has not trained on) the current model's ROC and PR curves are shown too.
+The display transform is ``anomalymatch.display`` (plain numpy, shared with the web app).
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ class LabelWidget:
         self.contrast = w.FloatSlider(value=1.0, min=0.1, max=5.0, step=0.05, description="contrast")
         self.channels = [w.ToggleButton(value=True, description=c, layout=w.Layout(width="40px")) for c in "RGB"]
         self.invert = w.Checkbox(value=False, description="invert")
+        self.saliency = w.Checkbox(value=False, description="why this score")  # the service's occlusion map
         self.buttons = {action: w.Button(description=f"{action.capitalize()} ({key})") for key, action in KEYS.items()}
         self.buttons["anomaly"].button_style, self.buttons["nominal"].button_style = "danger", "success"
         for action, button in self.buttons.items():
             button.on_click(lambda _b, a=action: self.press(a))
-        for control in (self.stretch, self.brightness, self.contrast, self.invert, *self.channels):
+        for control in (self.stretch, self.brightness, self.contrast, self.invert, self.saliency, *self.channels):
             control.observe(lambda _change: self.render(), names="value")
         self.roc, self.pr = w.Image(format="png"), w.Image(format="png")
-        controls = w.VBox([self.stretch, self.brightness, self.contrast, w.HBox([*self.channels, self.invert])])
+        controls = w.VBox(
+            [self.stretch, self.brightness, self.contrast, w.HBox([*self.channels, self.invert]), self.saliency]
+        )
         self.box = w.VBox(
             [
                 w.HBox([self.image, controls]),
@@ -136,7 +139,10 @@ class LabelWidget:
             self.caption.value = f"all {len(self.rows)} candidates seen; {len(self.decisions)} labelled"
             return
         row = self.current
-        self.image.value = to_png(pixels)
+        if self.saliency.value:
+            self.image.value = self.client.saliency(row["image_id"], self.stretch.value)
+        else:
+            self.image.value = to_png(pixels)
         done = self.decisions.get(row["image_id"], "")
         self.caption.value = (
             f"<b>{row['image_id']}</b> &mdash; candidate {self.position + 1} of {len(self.rows)}, "

@@ -172,6 +172,21 @@ def log_cycle(
         tracker.log_file(run_id, Path(tmp) / "preprocess.json", "model")
 
 
+def log_saliency(tracker, run_id: str, result: CycleResult, ids, images, trainer, top: int) -> None:
+    """Why the top candidates score high: occlusion maps of the exported model over the images as the model
+    saw them (4x enlarged), logged as ``saliency/rank01_<id>.png`` ... (``anomalymatch.saliency``)."""
+    from anomalymatch.saliency import occlusion_map, overlay_png
+
+    row_of = {str(i): k for k, i in enumerate(ids)}
+    scorer = trainer.onnx_scorer()
+    for rank, (image_id, _) in enumerate(result.candidates[:top], 1):
+        image = images[row_of[str(image_id)]]
+        _, heat = occlusion_map(scorer, image)
+        big = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(image_id))[-80:]
+        tracker.log_bytes(run_id, overlay_png(big, heat), f"saliency/rank{rank:02d}_{safe}.png")
+
+
 @dataclass
 class TrackedCycle:
     result: CycleResult
@@ -219,6 +234,8 @@ def run_tracked_cycle(
         )
         state.cycle = train_state.cycle
         log_cycle(tracker, run_id, result, state, ids, trainer, truth)
+        if config.tracking.saliency_top:
+            log_saliency(tracker, run_id, result, ids, images, trainer, config.tracking.saliency_top)
         for path, data in (artifacts or {}).items():
             tracker.log_bytes(run_id, data, path)
         registration = None

@@ -277,6 +277,11 @@ class FixMatchTrainer:
 
         return embed_torch(self.ema.module if use_ema else self.model, images, batch_size or 256)
 
+    def onnx_scorer(self, use_ema: bool = True):
+        """The model exported to ONNX and loaded in ONNX Runtime (CPU), as a registration would export it;
+        cached until the next training step."""
+        return self._onnx_scorer(use_ema)
+
     def _onnx_scorer(self, use_ema: bool):
         import tempfile
 

@@ -73,6 +73,8 @@ def test_campaign_logs_every_cycle_with_its_labels(tmp_path):
             "candidates/candidates.csv",
             "pool/pool_ids.txt",
         } <= paths
+        saliency = sorted(a.path for a in client.list_artifacts(rid, "saliency"))  # why the top candidates
+        assert saliency and saliency[0].startswith("saliency/rank01_") and len(saliency) <= 8
         assert {"auroc", "auprc", "precision_at_1pct", "seconds_per_iteration"} <= set(run.data.metrics)
         assert len(client.get_metric_history(rid, "mask_rate")) == 2
         pool_file = client.download_artifacts(rid, "pool/pool_ids.txt", str(tmp_path / rid))

@@ -129,6 +129,9 @@ def _run_loop(url, config, store, truth, first, tmp_path, capsys, mlflow):
         shown = widget.image.value
         widget.contrast.value = 3.0
         assert widget.image.value != shown  # the controls redraw the image
+        widget.saliency.value = True  # the service's occlusion map of the served model
+        assert bytes(widget.image.value).startswith(b"\x89PNG") and widget.image.value != shown
+        widget.saliency.value = False
         widget.key("s"), widget.key("b")
         assert widget.current["image_id"] == start
         widget.key("a"), widget.key("x"), widget.press("nominal")
