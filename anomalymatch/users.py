@@ -72,8 +72,9 @@ def add_user(store: LabelStore, name: str, role: Role | str) -> str:
     token = secrets.token_urlsafe(32)
     row = {"name": name, "role": role.value, "token_sha256": token_sha256(token), "created_at": _now()}
 
-    def work(conn: sa.Connection) -> bool:
-        return conn.execute(store._insert(_users).values(**row).on_conflict_do_nothing()).rowcount == 1
+    def work(conn: sa.Connection) -> bool:  # RETURNING, not rowcount: PostgreSQL reports -1 for this insert
+        stmt = store._insert(_users).values(**row).on_conflict_do_nothing().returning(_users.c.name)
+        return conn.execute(stmt).first() is not None
 
     if not store._transact(work):
         raise LabelStoreError(f"user {name!r} exists; remove it first to issue a new token")

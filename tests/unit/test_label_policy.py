@@ -36,6 +36,8 @@ def _current(store: LabelStore, policy: str | None = None) -> dict[str, tuple[st
 
 def test_policies_choose_the_training_label(store: LabelStore) -> None:
     add_user(store, "boss", "admin")
+    with pytest.raises(LabelStoreError, match="user 'boss' exists"):  # on PostgreSQL too
+        add_user(store, "boss", "viewer")
     a, b, c = IDS[:3]
     _label(store, a, "anomaly", "ann", 0)  # a: two anomaly votes, the latest label nominal
     _label(store, a, "anomaly", "bob", 1)
