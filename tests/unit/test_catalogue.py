@@ -3,6 +3,7 @@ replaced by id, columns and sky links on candidates and in the web app's export,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,14 @@ from anomalymatch.catalogue import CatalogueError, read_catalogue, sky_links
 from anomalymatch.cli import main as cli
 from anomalymatch.labelstore import LabelStore
 from serving.labels_api import get_candidates
-from tests.helpers.labelstore import POSTGRES_URL, wipe_postgres
+from tests.helpers.labelstore import STORE_KINDS, open_store
 
 IDS = [f"img{i}.png" for i in range(6)]
 
 
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES_URL else []))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> LabelStore:
-    url = wipe_postgres(POSTGRES_URL) if request.param == "postgresql" else f"sqlite:///{tmp_path / 'labels.db'}"
-    with LabelStore(url) as s:
-        s.register_images(IDS)
-        yield s
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabelStore]:
+    yield from open_store(request.param, tmp_path, IDS)
 
 
 def _csv(tmp_path: Path, text: str) -> Path:

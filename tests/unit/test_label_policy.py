@@ -3,6 +3,7 @@ an expert withdraws only their own label, and gallery pages of candidates never 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,18 +12,15 @@ import pytest
 from anomalymatch.labels import Label
 from anomalymatch.labelstore import LabelEntry, LabelStore, LabelStoreError
 from anomalymatch.users import add_user
-from tests.helpers.labelstore import POSTGRES_URL, wipe_postgres
+from tests.helpers.labelstore import STORE_KINDS, open_store
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 IDS = [f"img{i:03d}.png" for i in range(40)]
 
 
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES_URL else []))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> LabelStore:
-    url = wipe_postgres(POSTGRES_URL) if request.param == "postgresql" else f"sqlite:///{tmp_path / 'labels.db'}"
-    with LabelStore(url) as s:
-        s.register_images(IDS)
-        yield s
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabelStore]:
+    yield from open_store(request.param, tmp_path, IDS)
 
 
 def _label(store: LabelStore, image: str, label: str, user: str, minutes: int) -> None:

@@ -5,6 +5,7 @@ tests on PostgreSQL too, e.g. postgresql+psycopg://postgres@/scratch?host=/tmp&p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,18 +25,15 @@ from anomalymatch.labelstore import (
     UnknownImageError,
     resolve_labelstore_url,
 )
-from tests.helpers.labelstore import POSTGRES_URL, wipe_postgres
+from tests.helpers.labelstore import STORE_KINDS, open_store
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 IDS = [f"field{f}/img{i:03d}.png" for f in range(2) for i in range(10)]
 
 
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES_URL else []))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> LabelStore:
-    url = wipe_postgres(POSTGRES_URL) if request.param == "postgresql" else f"sqlite:///{tmp_path / 'labels.db'}"
-    with LabelStore(url) as s:
-        s.register_images(IDS)
-        yield s
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabelStore]:
+    yield from open_store(request.param, tmp_path, IDS)
 
 
 def test_sqlite_defaults_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
