@@ -761,10 +761,13 @@ class LabelStore:
                 out.update((r.image_id, float(r.score)) for r in conn.execute(query))
         return out
 
-    def scored_labels(self, model_version: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(ids, 0/1 labels, scores) of labelled images that ``model_version`` scored. Scores are stored for
-        unlabelled images only, so these labels came after the model: none was in its training set."""
-        table = self.current_labels(with_extra=False)
+    def scored_labels(
+        self, model_version: str, table: LabelTable | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, 0/1 labels, scores) of labelled images that ``model_version`` scored (``table``: the current
+        labels, when the caller has them). A retrain stores scores for its unlabelled pool only, so these
+        labels came after the model; scores imported from a bulk job may cover labelled images too."""
+        table = self.current_labels(with_extra=False) if table is None else table
         scores = self.scores_for(model_version, list(table.ids))
         ids = [i for i in table.ids if i in scores]
         labels = dict(zip(table.ids, table.labels))
@@ -772,9 +775,10 @@ class LabelStore:
         return ids, y, np.array([scores[i] for i in ids], dtype=np.float64)
 
     # -- campaign statistics ------------------------------------------------------------------------------
-    def label_counts(self) -> dict[str, int]:
-        """Label events, labelled images and images whose training label is anomaly."""
-        table = self.current_labels(with_extra=False)
+    def label_counts(self, table: LabelTable | None = None) -> dict[str, int]:
+        """Label events, labelled images and images whose training label is anomaly (``table``: the current
+        labels, when the caller has them)."""
+        table = self.current_labels(with_extra=False) if table is None else table
         with self._read() as conn:
             events = conn.execute(sa.select(sa.func.count()).select_from(_labels)).scalar_one()
         return {

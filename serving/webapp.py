@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.applications import Starlette
@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from anomalymatch.display import STRETCHES, adjust_image, thumbnail, to_png
 from anomalymatch.errors import DecodeError
 from anomalymatch.label_policy import LabelPolicy, disagreements
+from anomalymatch.labels import LabelTable
 from anomalymatch.labelstore import LabelStoreError
 from anomalymatch.metrics import pr_curve_points, roc_curve_points
 from anomalymatch.saliency import occlusion_map, overlay_png
@@ -49,6 +50,7 @@ from anomalymatch.users import SHARED_USER, Role, User
 from serving.labels_api import LabelsApi, bearer_token, with_catalogue
 from serving.uploads import RequestError
 
+T = TypeVar("T")
 STATIC = Path(__file__).parent / "webui"
 COOKIE = "anomalymatch_token"
 THUMB_SIZES = (64, 96, 128, 192, 256)
@@ -102,14 +104,19 @@ class Workbench:
         if self.store.unknown_ids([image_id]):
             raise RequestError(404, f"image {image_id!r} is not registered in the label store")
 
-    def _pixels(self, image_id: str) -> np.ndarray:
-        self._known(image_id)
+    @staticmethod
+    def _read(image_id: str, read: Callable[[], T]) -> T:
+        """``read()`` of a registered image, its failures as 404 (no source serves it) or 422 (not decodable)."""
         try:
-            return self.labels.library.read_display(image_id)
+            return read()
         except KeyError:
             raise RequestError(404, f"image {image_id!r} is in no campaign's image sources served here") from None
         except DecodeError as exc:
             raise RequestError(422, f"image {image_id!r} cannot be shown: {exc.reason}") from None
+
+    def _pixels(self, image_id: str) -> np.ndarray:
+        self._known(image_id)
+        return self._read(image_id, lambda: self.labels.library.read_display(image_id))
 
     def thumb(self, image_id: str, stretch: str, size: int) -> bytes:
         return self.thumbs.get(
@@ -129,12 +136,8 @@ class Workbench:
             if not self._saliency_slots.acquire(timeout=30):
                 raise RequestError(503, "saliency maps are busy; retry in a moment")
             try:
-                pixels = self.labels.library.read_model_input(image_id, model.scorer.spec)
+                pixels = self._read(image_id, lambda: self.labels.library.read_model_input(image_id, model.scorer.spec))
                 _, heat = occlusion_map(model.scorer, pixels)
-            except KeyError:
-                raise RequestError(404, f"image {image_id!r} is in no campaign's image sources served here") from None
-            except DecodeError as exc:
-                raise RequestError(422, f"image {image_id!r} cannot be shown: {exc.reason}") from None
             finally:
                 self._saliency_slots.release()
             return overlay_png(adjust_image(self._pixels(image_id), stretch), heat)
@@ -171,15 +174,16 @@ class Workbench:
     def dashboard(self) -> dict[str, Any]:
         version = self.version()
         retrain = self.labels.status()
+        labels = self.store.current_labels(with_extra=False)  # read once for the counts and the evaluation
         return {
             "model_version": version,
             "retrain": retrain,
             "label_policy": self.store.label_policy().value,
             "activity": self.store.label_activity(),
             "discovery": _thin(self.store.discovery_curve()),
-            "counts": {"images": self.store.n_images(), **self.store.label_counts()},
+            "counts": {"images": self.store.n_images(), **self.store.label_counts(labels)},
             "versions": self._versions(),
-            "evaluation": self._evaluation(version),
+            "evaluation": self._evaluation(version, labels),
         }
 
     def _versions(self) -> dict[str, Any]:
@@ -207,10 +211,10 @@ class Workbench:
             )
         return {"items": items}
 
-    def _evaluation(self, version: str) -> dict[str, Any]:
+    def _evaluation(self, version: str, labels: LabelTable) -> dict[str, Any]:
         """The served model on labels given after it scored those images (they were not in its training
         set): a biased sample (experts label the top of the ranking) but honest about new labels."""
-        ids, y, s = self.store.scored_labels(version)
+        ids, y, s = self.store.scored_labels(version, labels)
         out: dict[str, Any] = {"n": len(ids), "n_anomalies": int(y.sum()) if len(y) else 0}
         if len(ids) < 2 or out["n_anomalies"] in (0, len(ids)):
             out["message"] = "needs labels of both classes on images this model version scored"
@@ -299,22 +303,19 @@ class Call:
     authorization: str | None
 
     def int(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.request.query_params.get(name)
-        try:
-            value = default if raw is None else int(raw)
-        except ValueError:
-            raise RequestError(400, f"{name} must be an integer, got {raw!r}") from None
-        if not low <= value <= high:
-            raise RequestError(400, f"{name} must be from {low} to {high}, got {value}")
-        return value
+        return self._number(name, default, low, high, int, "an integer")
 
     def float(self, name: str, default: float, low: float, high: float) -> float:
+        return self._number(name, default, low, high, float, "a number")
+
+    def _number(self, name: str, default, low, high, parse: Callable, kind: str):
+        """Query parameter ``name`` parsed and within [low, high] (which also refuses NaN), else a 400."""
         raw = self.request.query_params.get(name)
         try:
-            value = default if raw is None else float(raw)
+            value = default if raw is None else parse(raw)
         except ValueError:
-            raise RequestError(400, f"{name} must be a number, got {raw!r}") from None
-        if not low <= value <= high:  # also refuses NaN
+            raise RequestError(400, f"{name} must be {kind}, got {raw!r}") from None
+        if not low <= value <= high:
             raise RequestError(400, f"{name} must be from {low} to {high}, got {value}")
         return value
 

@@ -264,7 +264,7 @@ class FixMatchTrainer:
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"unknown scoring backend {backend!r}; choose auto, onnx or torch")
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
-            return self._onnx_scorer(use_ema).score(images, batch_size)
+            return self.onnx_scorer(use_ema).score(images, batch_size)
         model = self.ema.module if use_ema else self.model
         return score_images(model, images, batch_size or 256, self.device, self.memory_format, progress)
 
@@ -272,7 +272,7 @@ class FixMatchTrainer:
         """Pooled features (N, D) of uint8 NHWC images: the ``embedding`` output of the exported model (ONNX
         Runtime on a CPU, eager torch on a GPU)."""
         if self.device.type == "cpu":
-            return self._onnx_scorer(use_ema).embed(images, batch_size)
+            return self.onnx_scorer(use_ema).embed(images, batch_size)
         from registry.parity import embed_torch
 
         return embed_torch(self.ema.module if use_ema else self.model, images, batch_size or 256)
@@ -280,9 +280,6 @@ class FixMatchTrainer:
     def onnx_scorer(self, use_ema: bool = True):
         """The model exported to ONNX and loaded in ONNX Runtime (CPU), as a registration would export it;
         cached until the next training step."""
-        return self._onnx_scorer(use_ema)
-
-    def _onnx_scorer(self, use_ema: bool):
         import tempfile
 
         from anomalymatch.scoring import OnnxScorer
