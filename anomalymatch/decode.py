@@ -7,6 +7,11 @@ crop, resize) are those of ``anomalymatch.transform``. TIFF: the first page, rea
 cannot decode without imagecodecs). FITS: the first image HDU with data, stretched with
 ``anomalymatch.fits``. Gzipped files (``.fits.gz``) are unpacked first.
 
+Multi-band input: with ``spec.band_matrix`` set, every file is read as a stack of bands (a FITS cube's
+planes or a multi-extension FITS file's image HDUs, a TIFF's or PNG/JPEG's channels) and combined to RGB
+by ``anomalymatch.bands.combine_bands`` before the crop and resize; without one, a FITS cube of more
+than 4 planes is refused with a message saying how to configure the matrix.
+
 JPEG fast path: when the centre crop is at least ``2 * spec.size`` pixels wide, Pillow's
 ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale in the DCT domain, choosing the
 largest factor that keeps the crop at ``DRAFT_MIN_RATIO * spec.size`` pixels or more; the final
@@ -26,8 +31,9 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from anomalymatch.bands import combine_bands
 from anomalymatch.errors import DecodeError, ImageTooLargeError
-from anomalymatch.fits import bands_to_rgb, read_fits, stretch_to_uint8
+from anomalymatch.fits import bands_to_rgb, read_fits, read_fits_bands, stretch_to_uint8
 from anomalymatch.preprocessing import FitsStretch, PreprocessSpec
 from anomalymatch.transform import (
     channel_last,
@@ -279,6 +285,27 @@ def _native_rgb(data: bytes, fmt: ImageFormat, stretch: FitsStretch) -> np.ndarr
     return np.asarray(_pil_to_8bit(image, stretch).convert("RGB"))
 
 
+def _native_bands(data: bytes, fmt: ImageFormat) -> np.ndarray:
+    """The file's bands as stored, (H, W) or (H, W, N): every FITS image HDU or plane, TIFF samples, PNG/JPEG
+    channels (palette images expanded to RGB)."""
+    if fmt is ImageFormat.FITS:
+        return read_fits_bands(data)
+    if fmt is ImageFormat.TIFF:
+        try:
+            return channel_last(_read_tiff(data))
+        except Exception as tiff_exc:  # codecs tifffile lacks (e.g. JPEG-in-TIFF): let Pillow try
+            try:
+                image = _open_pil(data, fmt)
+                image.load()
+            except Exception:
+                raise tiff_exc from None
+    else:
+        image = _open_pil(data, fmt)
+    if image.mode in ("P", "PA", "CMYK", "YCbCr"):
+        image = image.convert("RGBA" if image.mode == "PA" else "RGB")
+    return np.asarray(image)
+
+
 def _decode_jpeg_or_png(data: bytes, fmt: ImageFormat, spec: PreprocessSpec, draft: bool) -> np.ndarray:
     image = _open_pil(data, fmt)
     width, height = image.size
@@ -317,12 +344,15 @@ def decode_image(
     data: bytes, name: str, spec: PreprocessSpec, *, draft: bool = True, max_pixels: int | None = None
 ) -> np.ndarray:
     """Decode, centre-crop and resize to (spec.size, spec.size, 3) uint8; ``DecodeError`` on failure.
+    With ``spec.band_matrix`` the file's bands are combined first (``anomalymatch.bands``).
 
     ``name`` (file name or id) only improves messages. ``draft=False`` disables the JPEG DCT-domain fast path.
     ``max_pixels``: a gzipped FITS declaring more is refused before it is inflated.
     """
     data = _gunzip(bytes(data), max_pixels=max_pixels)
     fmt = sniff_format(data, name)
+    if spec.band_matrix is not None:
+        return _guarded(fmt, lambda: resize_rgb(combine_bands(_native_bands(data, fmt), spec), spec))
     if fmt in (ImageFormat.PNG, ImageFormat.JPEG):
         return _guarded(fmt, lambda: _decode_jpeg_or_png(data, fmt, spec, draft))
     return _guarded(fmt, lambda: resize_rgb(_native_rgb(data, fmt, spec.fits_stretch), spec))

@@ -9,6 +9,8 @@ Policies (the same for every source, so training, scoring and serving agree):
   measurement data and goes through the display stretch ``spec.fits_stretch`` per channel.
 - channels: 1 is repeated to 3, 2 is grey + alpha (alpha dropped), 3 is RGB, 4 is RGBA (alpha
   dropped). A 3-D array whose first axis has 1-4 entries and last axis more is read as channel-first.
+  With ``spec.band_matrix`` the channels are bands instead, combined by ``anomalymatch.bands`` (any
+  number; more than 4 without a matrix is refused with a message saying how to configure one).
 - geometry: centre-crop a square of side ``round(spec.crop * min(H, W))`` (for a non-square image
   even ``crop=1.0`` keeps the largest centred square, so objects are never squashed), then resize
   to ``spec.size x spec.size`` with ``spec.interpolation`` (``area`` is Pillow's BOX filter).
@@ -21,9 +23,10 @@ import math
 import numpy as np
 from PIL import Image
 
+from anomalymatch.bands import combine_bands
 from anomalymatch.errors import DecodeError
 from anomalymatch.fits import stretch_to_uint8
-from anomalymatch.preprocessing import FitsStretch, Interpolation, PreprocessSpec
+from anomalymatch.preprocessing import FitsStretch, Interpolation, PreprocessSpec, band_matrix_hint
 
 PIL_RESAMPLE: dict[Interpolation, Image.Resampling] = {
     Interpolation.NEAREST: Image.Resampling.NEAREST,
@@ -65,7 +68,13 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
         return np.repeat(image[:, :, :1], 3, axis=2)
     if channels in (3, 4):
         return np.ascontiguousarray(image[:, :, :3])
-    raise DecodeError(f"expected 1-4 channels, got {channels} (shape {image.shape})")
+    raise _too_many_channels(image)
+
+
+def _too_many_channels(image: np.ndarray) -> DecodeError:
+    channels = image.shape[2]
+    hint = f"; {band_matrix_hint(channels)}" if channels > 4 else ""
+    return DecodeError(f"expected 1-4 channels, got {channels} (shape {image.shape}){hint}")
 
 
 def crop_box(width: int, height: int, crop: float) -> tuple[int, int, int, int]:
@@ -115,4 +124,8 @@ def to_model_size(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     image = channel_last(np.asarray(image))
     if min(image.shape[:2]) < 1:
         raise DecodeError(f"empty image of shape {image.shape}")
+    if spec.band_matrix is not None:
+        return resize_rgb(combine_bands(image, spec), spec)
+    if image.ndim == 3 and image.shape[2] > 4:  # refused before stretching every band
+        raise _too_many_channels(image)
     return resize_rgb(to_rgb(to_uint8(image, spec.fits_stretch)), spec)

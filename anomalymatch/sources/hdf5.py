@@ -2,8 +2,11 @@
 
 Layouts read:
 
-- raw: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in 1-4, any numeric dtype
-  (uint8, uint16, float...; converted by ``anomalymatch.transform``'s dtype policy);
+- raw: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``, any numeric dtype (uint8, uint16, float...;
+  converted by ``anomalymatch.transform``'s dtype policy). The channel axis is the last one when it has
+  1-4 entries; else the second when that has 1-4, or fewer entries than the last; else the last. More than
+  4 channels are survey bands, which ``preprocess.band_matrix`` maps to RGB (``anomalymatch.bands``);
+  rows are returned channel-last, ``(H, W, C)``;
 - encoded: a 1-D dataset of PNG/JPEG/TIFF/FITS file bytes stored as variable-length uint8
   (``h5py.vlen_dtype(np.uint8)``), opaque (``np.void``) or fixed-length bytes (``S``). HDF5
   variable-length *strings* cannot hold the zero bytes every PNG contains, so they are not used.
@@ -41,9 +44,14 @@ def _is_encoded(ds: Any) -> bool:
 
 
 def _is_raw(ds: Any) -> bool:
-    if ds.dtype.kind not in "biuf":
+    return ds.dtype.kind in "biuf" and ds.ndim in (3, 4)
+
+
+def _is_channel_first(ds: Any) -> bool:
+    """(N, C, H, W) rather than (N, H, W, C): see the module's layout rule."""
+    if ds.ndim != 4 or ds.shape[3] <= 4:
         return False
-    return ds.ndim == 3 or (ds.ndim == 4 and (ds.shape[3] <= 4 or ds.shape[1] <= 4))
+    return ds.shape[1] <= 4 or ds.shape[1] < ds.shape[3]
 
 
 def _datasets(h5: Any) -> dict[str, Any]:
@@ -156,7 +164,7 @@ class HDF5Source(ImageSource):
             self.images_dataset = _pick_images(self.path, found, images)
             ds = found[self.images_dataset]
             self.encoded = _is_encoded(ds)
-            self.channel_first = not self.encoded and ds.ndim == 4 and ds.shape[3] > 4
+            self.channel_first = not self.encoded and _is_channel_first(ds)
             n = int(ds.shape[0])
             cache_bytes = chunk_cache_bytes(ds)
             self.ids_dataset = _pick_ids(self.path, found, ids, n)
