@@ -2,6 +2,19 @@
 
 Config flows one way: ``load_config(yaml_path, overrides)`` -> ``AppConfig`` -> each function gets only
 the fields it needs. The resolved config is logged with every run (``AppConfig.to_dict``).
+
+The ``preprocess`` section is ``anomalymatch.preprocessing.PreprocessSpec`` (it travels with every model):
+``size``, ``crop``, ``interpolation``, ``mean``, ``std``, ``fits_stretch``, and for multi-band survey data
+``band_matrix`` (3 rows of N weights: how N bands become R, G, B) and ``band_stretch`` (one stretch for
+every band, or N). For example, five bands g, r, i, z, y::
+
+    preprocess:
+      band_matrix: [[0, 0, 0.5, 0.5, 0], [0, 0.5, 0.5, 0, 0], [1, 0.5, 0, 0, 0]]
+      band_stretch: [asinh, asinh, asinh, log, log]
+
+On the command line: ``anomalymatch train --band-matrix "0,0,.5,.5,0; 0,.5,.5,0,0; 1,.5,0,0,0"
+--band-stretch asinh``, or the override ``"preprocess.band_matrix"`` (a list of lists or that string).
+Without a matrix, images keep 1-4 channels (more is refused with a message saying how to set one).
 """
 
 from __future__ import annotations

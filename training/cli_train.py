@@ -19,6 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="image size")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
     p.add_argument("--crop", type=float, help="centre-crop fraction before resizing")
+    p.add_argument(
+        "--band-matrix",
+        help='N-band images: 3 rows (R; G; B) of N weights, e.g. "0,0,1; 0,1,0; 1,0,0" (preprocess.band_matrix)',
+    )
+    p.add_argument(
+        "--band-stretch",
+        help="N-band images: one stretch for every band, or N comma-separated (preprocess.band_stretch)",
+    )
     p.add_argument("--pool-sample", type=int, help="unlabelled images held in memory for training (0 = all)")
     p.add_argument("--top", type=int, help="how many top candidates to write")
     p.add_argument("--name", default="campaign", help="campaign name (its folder under the data folder)")
@@ -55,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             "cycle.cycles": args.cycles,
             "preprocess.size": args.size,
             "preprocess.crop": args.crop,
+            "preprocess.band_matrix": args.band_matrix,
+            "preprocess.band_stretch": [x.strip() for x in args.band_stretch.split(",")] if args.band_stretch else None,
             "cycle.pool_sample": args.pool_sample,
             "cycle.top_candidates": args.top,
             "cycle.seed": args.seed,
