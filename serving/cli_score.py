@@ -28,6 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-rows", type=int, help="scored images per committed shard (default 65536)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers to try in order (default CUDA, CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],  # serving.ray_engine.Engine (not imported here: the CLI starts light)
+        default="local",
+        help="local: this process (default); ray: a Ray cluster (Ray Data; pip install 'anomalymatch[ray]')",
+    )
+    p.add_argument(
+        "--address",
+        help="ray engine: the cluster (auto = the one this machine belongs to, HOST:PORT = its head; "
+        "default $RAY_ADDRESS, else a new Ray instance on this machine)",
+    )
+    p.add_argument("--actors", type=int, help="ray engine: scoring actors (default one per GPU, else one per two CPUs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     serving, out = config.serving, Path(args.out)
+    if args.engine != "ray" and (args.address or args.actors):
+        print("error: --address and --actors are for --engine ray", file=sys.stderr)
+        return 2
     ref = serving.model
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
@@ -66,22 +81,29 @@ def run(args: argparse.Namespace) -> int:
         )
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, config.data_path)
     model = resolve_model(ref, tracking_uri, config.data_path / "serving" / "models", config.tracking.registered_model)
-    scorer = OnnxScorer(
-        model.path, providers=serving.providers or None, threads=serving.threads, spinning=False
-    )  # decode threads share the CPU
-    version = model.version or served_name(model.path)
-    print(f"model {model.ref.text} -> version {version} on {', '.join(scorer.providers)}")
-    job = BulkJob(
-        args.source,
-        out,
-        scorer,
-        version,
-        batch_size=serving.bulk_batch_size,
-        workers=config.workers,
-        shard_rows=serving.bulk_shard_rows,
-        top_n=serving.top_n,
-        progress_bar=not args.quiet,
-    )
+    if args.engine == "ray":
+        try:
+            job = _ray_job(args, config, model)
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        scorer = OnnxScorer(
+            model.path, providers=serving.providers or None, threads=serving.threads, spinning=False
+        )  # decode threads share the CPU
+        version = model.version or served_name(model.path)
+        print(f"model {model.ref.text} -> version {version} on {', '.join(scorer.providers)}")
+        job = BulkJob(
+            args.source,
+            out,
+            scorer,
+            version,
+            batch_size=serving.bulk_batch_size,
+            workers=config.workers,
+            shard_rows=serving.bulk_shard_rows,
+            top_n=serving.top_n,
+            progress_bar=not args.quiet,
+        )
     try:
         progress = job.run()
     except JobMismatch as exc:
@@ -94,3 +116,25 @@ def run(args: argparse.Namespace) -> int:
     if progress.status == "done":
         print(f"top candidates: {out / 'top.csv'}; errors: {out / 'errors.csv'}; shards: {out / 'shards'}")
     return 0 if progress.status == "done" else 1
+
+
+def _ray_job(args: argparse.Namespace, config, model, **job_options):  # type: ignore[no-untyped-def]
+    """The same job on a Ray cluster: decoding in CPU tasks, inference in an actor pool."""
+    from serving.live_model import served_name
+    from serving.ray_engine import RayBulkJob, RayOptions
+
+    version = model.version or served_name(model.path)
+    options = RayOptions(address=args.address, actors=args.actors or 0, batch_size=args.batch_size or 0)
+    where = args.address or "$RAY_ADDRESS or a new local Ray instance"
+    print(f"model {model.ref.text} -> version {version} on the ray cluster at {where}")
+    return RayBulkJob(
+        args.source,
+        args.out,
+        model.path,
+        version,
+        ray_options=options,
+        shard_rows=config.serving.bulk_shard_rows,
+        top_n=config.serving.top_n,
+        progress_bar=not args.quiet,
+        **job_options,
+    )

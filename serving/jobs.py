@@ -1,10 +1,13 @@
 """Bulk jobs submitted to the service: server-side sources under the configured data roots only.
 
 Jobs run one at a time on a background thread (inference already uses every core), each into
-``<out_root>/<job_id>/`` with ``serving.bulk.BulkJob``. Submitting an existing job id resumes it, with the
-same sources and model version only (else 409). Jobs are known from their folders' manifests, so after a
-restart ``status`` and ``list_jobs`` report them (a job that was running when the service stopped is
-"interrupted": resubmit it to resume).
+``<out_root>/<job_id>/`` with ``serving.bulk.BulkJob``, or with ``engine="ray"`` on a Ray cluster
+(``serving.ray_engine.RayBulkJob``: the cluster at ``ray_address``, default ``$RAY_ADDRESS`` or a new local
+Ray instance; the same output folder, so status, resume and reports do not depend on the engine).
+Submitting an existing job id resumes it (with either engine), with the same sources and model version
+only (else 409). Jobs are known from their folders' manifests, so after a restart ``status`` and
+``list_jobs`` report them (a job that was running when the service stopped is "interrupted": resubmit it
+to resume). ``status`` adds ``eta_s``, the seconds left at the current rate.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from serving.bulk import MANIFEST, BulkJob, read_manifest
 from serving.live_model import LoadedModel
+from serving.ray_engine import Engine
 from serving.uploads import RequestError
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,10 @@ class BulkJobs:
         workers: int,
         shard_rows: int,
         default_top_n: int,
+        ray_address: str | None = None,
     ) -> None:
         self.out_root = Path(out_root)
+        self.ray_address = ray_address
         self.data_roots = list(data_roots)
         self.batch_size, self.workers, self.shard_rows, self.default_top_n = (
             batch_size,
@@ -64,7 +70,18 @@ class BulkJobs:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="anomalymatch-bulk")
 
-    def submit(self, sources: Sequence[str], model: LoadedModel, top_n: int | None = None, job_id: str = "") -> dict:
+    def submit(
+        self,
+        sources: Sequence[str],
+        model: LoadedModel,
+        top_n: int | None = None,
+        job_id: str = "",
+        engine: str = "local",
+    ) -> dict:
+        try:
+            chosen = Engine.parse(engine)
+        except ValueError as exc:
+            raise RequestError(400, f"{exc}: local runs in the service's process, ray on a Ray cluster") from exc
         if not sources:
             raise RequestError(
                 400, "no sources: pass server-side folders, zips, HDF5 or image files under the data roots"
@@ -78,16 +95,11 @@ class BulkJobs:
             if running is not None and running.progress.status in ("queued", "running"):
                 raise RequestError(409, f"job {job_id} is already {running.progress.status}")
             self._check_resumable(job_id, resolved, model.version)
-            job = BulkJob(
-                resolved,
-                self.out_root / job_id,
-                model.scorer,
-                model.version,
-                batch_size=self.batch_size,
-                workers=self.workers,
-                shard_rows=self.shard_rows,
-                top_n=self.default_top_n if top_n is None else top_n,
-                roots=self.data_roots,
+            top_n = self.default_top_n if top_n is None else top_n
+            job = (
+                self._ray_job(resolved, job_id, model, top_n)
+                if chosen is Engine.RAY
+                else self._local_job(resolved, job_id, model, top_n)
             )
             self._jobs[job_id] = job
         self._pool.submit(self._run, job_id, job)
@@ -97,6 +109,36 @@ class BulkJobs:
             "model_version": model.version,
             "out_dir": str(job.out_dir),
         }
+
+    def _local_job(self, sources: list[str], job_id: str, model: LoadedModel, top_n: int) -> BulkJob:
+        return BulkJob(
+            sources,
+            self.out_root / job_id,
+            model.scorer,
+            model.version,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            shard_rows=self.shard_rows,
+            top_n=top_n,
+            roots=self.data_roots,
+        )
+
+    def _ray_job(self, sources: list[str], job_id: str, model: LoadedModel, top_n: int) -> BulkJob:
+        from serving.ray_engine import RayBulkJob, RayOptions
+
+        try:
+            return RayBulkJob(
+                sources,
+                self.out_root / job_id,
+                model.path,
+                model.version,
+                ray_options=RayOptions(address=self.ray_address),
+                shard_rows=self.shard_rows,
+                top_n=top_n,
+                roots=self.data_roots,
+            )
+        except ImportError as exc:
+            raise RequestError(501, f"{exc} on the service's machine") from exc
 
     def _check_resumable(self, job_id: str, sources: list[str], version: str) -> None:
         """An existing job id resumes only over the same sources with the same model version."""
@@ -187,11 +229,14 @@ class BulkJobs:
 def _report(
     job_id: str, progress: dict, version: str, out_dir: Path, sources: list[str], manifest: dict | None
 ) -> dict:
-    """A job's status as the service reports it: progress, model version, sources, shards, output files."""
+    """A job's status as the service reports it: progress (with the seconds left at the current rate),
+    model version, sources, shards, output files."""
+    done = progress.get("scored", 0) + progress.get("skipped", 0)
     out = {
         "job_id": job_id,
         **progress,
-        "done": progress.get("scored", 0) + progress.get("skipped", 0),
+        "done": done,
+        "eta_s": _eta(progress, done),
         "model_version": version,
         "out_dir": str(out_dir),
         "sources": sources,
@@ -200,3 +245,13 @@ def _report(
     for name in ("top.csv", "errors.csv"):
         out[name.split(".")[0] + "_file"] = str(out_dir / name) if (out_dir / name).is_file() else ""
     return out
+
+
+def _eta(progress: dict, done: int) -> float | None:
+    """Seconds left at this run's rate while running; 0 when finished; None before a rate is known."""
+    if progress.get("status") == "done":
+        return 0.0
+    rate = progress.get("images_per_second", 0.0)
+    if progress.get("status") != "running" or not rate:
+        return None
+    return round(max(0, progress.get("total", 0) - done) / rate, 1)

@@ -6,7 +6,7 @@ config in ``ANOMALYMATCH_CONFIG_JSON``). Endpoints (BentoML: POST, JSON or multi
 - ``/score``: multipart field ``images`` (one or many PNG/JPEG/TIFF/FITS files) ->
   ``[{"id", "score", "model_version"}]``; concurrent requests are batched adaptively.
 - ``/info``: model version, the ONNX Runtime providers actually in use, the input spec, batching.
-- ``/bulk_submit`` ``{"sources": [...], "top_n"?, "job_id"?}``, ``/bulk_status`` and
+- ``/bulk_submit`` ``{"sources": [...], "top_n"?, "job_id"?, "engine"?}`` (engine local or ray), ``/bulk_status`` and
   ``/bulk_cancel`` ``{"job_id"}``, ``/bulk_jobs``: resumable bulk jobs over server-side sources under the
   data roots (a job id is reused only with the same sources and model version: else 409).
 - Labelling (``serving.labels_api``): ``/candidates`` ``{"n"?, "strategy"?}`` (unlabelled images ranked by
@@ -180,10 +180,18 @@ class AnomalyMatchService:
 
     @bentoml.api
     def bulk_submit(
-        self, ctx: bentoml.Context, sources: list[str], top_n: int | None = None, job_id: str = ""
+        self,
+        ctx: bentoml.Context,
+        sources: list[str],
+        top_n: int | None = None,
+        job_id: str = "",
+        engine: str = "local",
     ) -> dict[str, Any]:
-        """Start (or, with an existing ``job_id``, resume) a bulk job over server-side sources (admin)."""
-        return self._as(ctx, Role.ADMIN, lambda: self.jobs.submit(sources, self.model.current, top_n, job_id))
+        """Start (or, with an existing ``job_id``, resume) a bulk job over server-side sources (admin);
+        ``engine`` "ray" runs it on the Ray cluster at ``$RAY_ADDRESS`` (else a local Ray instance)."""
+        return self._as(
+            ctx, Role.ADMIN, lambda: self.jobs.submit(sources, self.model.current, top_n, job_id, engine=engine)
+        )
 
     @bentoml.api
     def bulk_status(self, ctx: bentoml.Context, job_id: str) -> dict[str, Any]:
