@@ -39,6 +39,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from anomalymatch.csv_cells import SafeCsvWriter
 from anomalymatch.display import STRETCHES, adjust_image, thumbnail, to_png
 from anomalymatch.errors import DecodeError
 from anomalymatch.label_policy import LabelPolicy, disagreements
@@ -243,7 +244,7 @@ class Workbench:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["image_id", "label", "user", "time", "comment", "score", "ra", "dec", *extra])
-        writer = _SafeCells(writer)
+        writer = SafeCsvWriter(writer)
         for k, image_id in zip(picked, ids):
             score, row = scores.get(image_id), catalogue.get(image_id)
             coords = ["" if v is None else f"{v:.6f}" for v in ((row.ra, row.dec) if row else (None, None))]
@@ -260,27 +261,6 @@ class Workbench:
                 ]
             )
         return buf.getvalue()
-
-
-class _SafeCells:
-    """A CSV writer that keeps spreadsheets from running text as formulas: a cell of text starting with
-    = + - @ (or a tab / carriage return) gets a leading apostrophe. Numbers are written as they are."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def writerow(self, row: list[Any]) -> None:
-        self.writer.writerow([self.cell(v) for v in row])
-
-    @staticmethod
-    def cell(value: Any) -> Any:
-        if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-            try:
-                float(value)
-                return value  # a negative number such as a declination
-            except ValueError:
-                return "'" + value
-        return value
 
 
 def _thin(curve: dict[str, list]) -> dict[str, list]:
