@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalymatch.preprocessing import PreprocessSpec
+from anomalymatch.vector_index import SimilarConfig
 
 DATA_DIR_ENV = "ANOMALYMATCH_HOME"
 LABEL_TOKEN_ENV = "ANOMALYMATCH_LABEL_TOKEN"  # the default environment variable holding the label write token
@@ -275,6 +276,7 @@ class AppConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
     labelstore: LabelStoreConfig = field(default_factory=LabelStoreConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    similar: SimilarConfig = field(default_factory=SimilarConfig)
     workers: int = 0  # image-decoding threads everywhere (training, uploads, bulk jobs); 0 = one per CPU
     preset: str = ""  # the named recipe applied under the config file and options (PRESETS); "" = none
 
@@ -301,6 +303,7 @@ class AppConfig:
             "serving": dataclasses.asdict(self.serving),
             "labelstore": dataclasses.asdict(self.labelstore),
             "retrain": dataclasses.asdict(self.retrain),
+            "similar": dataclasses.asdict(self.similar),
         }
 
     def config_hash(self) -> str:
@@ -343,6 +346,7 @@ _SECTIONS = {
     "serving": ServingConfig,
     "labelstore": LabelStoreConfig,
     "retrain": RetrainConfig,
+    "similar": SimilarConfig,
 }
 
 

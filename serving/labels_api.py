@@ -182,7 +182,7 @@ class LabelsApi:
             ) from None
         with self._embeddings_lock:
             if self._embeddings is None or self._embeddings[0] != (version, stamp):
-                self._embeddings = ((version, stamp), EmbeddingSet.load(path))
+                self._embeddings = ((version, stamp), EmbeddingSet.load(path, self.config.similar))
             return self._embeddings[1]
 
     def similar(self, version: str, query: np.ndarray | str, k: int = 50, unlabelled: bool = False) -> dict[str, Any]:
