@@ -3,10 +3,11 @@
 Output folder::
 
     manifest.json          job, model version, per-source cursor, committed shards, status, progress
-    shards/part-00000.parquet   id, score (float32), model_version, source; append-only
+    shards/part-00000.parquet   id, score (float32), model_version, source[, embedding]; append-only
     shards/part-00000.errors.csv  id, source, reason for the images of that shard's range that failed
     errors.csv             every failed or unsupported entry (written when the job ends)
-    top.csv                the top-N candidates by score (written when the job ends)
+    top.csv                the top-N candidates by score (written when the job ends), with the survey
+                           catalogue's columns and sky-viewer links when one is given (``serving.bulk_top``)
 
 Each source is read in its own order; decoding runs in a thread pool ahead of inference
 (``anomalymatch.loader.iter_batches``), so the two overlap. Every ``shard_rows`` scored images a shard
@@ -16,6 +17,11 @@ atomically. A job killed at any point restarts from the last committed cursor; f
 manifest names (a shard renamed just before a kill) are deleted first. So every image ends up in
 exactly one shard row or one error row. The job is pinned to one model version: resuming with another
 is refused.
+
+With ``embeddings=True`` each row also holds the image's pooled features (the model's ``embedding``
+output, computed in the same pass as the score) as a fixed-size list of float16; the manifest records
+the choice and a resume with the other choice is refused. ``serving.bulk_embeddings`` reads them back
+(ids + an (N, D) matrix) and ``EmbeddingSet.load(out_dir)`` searches them.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ import numpy as np
 from anomalymatch.loader import SkipReport, iter_batches
 from anomalymatch.preprocessing import PreprocessSpec
 from anomalymatch.sources import open_source
+from serving.bulk_top import Catalogue, write_top_csv
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+SCORE_COLUMNS = ["id", "score", "model_version", "source"]
+EMBEDDING_COLUMN = "embedding"
 
 
 class Scorer(Protocol):
@@ -49,6 +58,19 @@ class Scorer(Protocol):
 
 class JobMismatch(ValueError):
     """The output folder holds a job for other sources, another model version or spec."""
+
+
+class NoEmbeddingOutput(JobMismatch):
+    """Embeddings were asked for but the model has no embedding output."""
+
+
+def check_embeddings(scorer: Scorer, model_version: str) -> None:
+    """``NoEmbeddingOutput`` unless ``scorer`` can give features with its scores."""
+    if getattr(scorer, "embedding_output", "") is None or not hasattr(scorer, "score_and_embed"):
+        raise NoEmbeddingOutput(
+            f"embeddings need a model with an 'embedding' output; version {model_version} has none (it was "
+            "exported before embeddings were): a retrain registers a version that has it, or score without them"
+        )
 
 
 @dataclass
@@ -85,6 +107,7 @@ class _Manifest:
     progress: BulkProgress = field(default_factory=BulkProgress)
     top_n: int = 0
     format: int = FORMAT_VERSION
+    embeddings: bool = False
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -101,6 +124,7 @@ class _Manifest:
             BulkProgress(**d["progress"]),
             d.get("top_n", 0),
             d.get("format", FORMAT_VERSION),
+            d.get("embeddings", False),
         )
 
 
@@ -118,12 +142,17 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_scores(out_dir: str | os.PathLike):  # type: ignore[no-untyped-def]
-    """All committed rows of a job as one ``pyarrow.Table`` (id, score, model_version, source)."""
+    """All committed rows of a job as one ``pyarrow.Table`` (id, score, model_version, source); the
+    embeddings of a job that stored them are read by ``serving.bulk_embeddings.read_embeddings``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest = _Manifest.load(Path(out_dir) / MANIFEST)
-    tables = [pq.read_table(Path(out_dir) / shard["file"]) for shard in manifest.shards if shard["rows"]]
+    tables = [
+        pq.read_table(Path(out_dir) / shard["file"], columns=SCORE_COLUMNS)
+        for shard in manifest.shards
+        if shard["rows"]
+    ]
     return pa.concat_tables(tables) if tables else _empty_table()
 
 
@@ -142,7 +171,9 @@ def _empty_table():  # type: ignore[no-untyped-def]
 
 class BulkJob:
     """One bulk scoring job into ``out_dir``; ``run()`` starts or resumes it, ``cancel()`` stops it
-    at the next batch (what was scored is committed), ``progress`` can be read from any thread."""
+    at the next batch (what was scored is committed), ``progress`` can be read from any thread.
+    ``embeddings``: store each image's features too (the scorer needs ``score_and_embed``);
+    ``catalogue``: add its columns to top.csv (``serving.bulk_top``)."""
 
     def __init__(
         self,
@@ -158,6 +189,8 @@ class BulkJob:
         on_commit: Callable[[BulkProgress], None] | None = None,
         progress_bar: bool = False,
         roots: Sequence[str | os.PathLike] | None = None,
+        embeddings: bool = False,
+        catalogue: Catalogue | None = None,
     ) -> None:
         if not sources:
             raise ValueError("no sources given: pass folders, zips, HDF5 files or image files")
@@ -169,6 +202,7 @@ class BulkJob:
         self.batch_size, self.workers, self.shard_rows, self.top_n = batch_size, workers, shard_rows, top_n
         self.on_commit, self.progress_bar = on_commit, progress_bar
         self.roots = None if roots is None else [str(r) for r in roots]  # entries outside: errors.csv, never read
+        self.embeddings, self.catalogue = embeddings, catalogue
         self._cancel = threading.Event()
         self.progress = BulkProgress(status="queued")
 
@@ -180,9 +214,8 @@ class BulkJob:
         path = self.out_dir / MANIFEST
         spec = self.scorer.spec.to_dict()
         if not path.is_file():
-            return _Manifest(
-                self.model_version, spec, [_SourceState(p, n) for p, n in zip(self.sources, counts)], top_n=self.top_n
-            )
+            states = [_SourceState(p, n) for p, n in zip(self.sources, counts)]
+            return _Manifest(self.model_version, spec, states, top_n=self.top_n, embeddings=self.embeddings)
         m = _Manifest.load(path)
         where = f"{self.out_dir} holds a bulk job"
         if [s.path for s in m.sources] != self.sources:
@@ -199,6 +232,12 @@ class BulkJob:
             raise JobMismatch(
                 f"{where} scored by model version {m.model_version}; resume it with that version "
                 f"(--model {m.model_version}) or use a new --out folder for version {self.model_version}"
+            )
+        if m.embeddings != self.embeddings:
+            said = "with" if m.embeddings else "without"
+            raise JobMismatch(
+                f"{where} started {said} embeddings; resume it {said} --embeddings (every shard of a job holds "
+                "the same columns), or use a new --out folder"
             )
         return m
 
@@ -217,6 +256,7 @@ class BulkJob:
         scores: list[np.ndarray],
         errors: list[tuple[str, str]],
         finished: bool = False,
+        features: list[np.ndarray] | None = None,
     ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -227,14 +267,18 @@ class BulkJob:
         source = m.sources[src].path
         if ids:
             values = np.concatenate(scores).astype(np.float32)
-            table = pa.table(
-                {
-                    "id": pa.array(ids, pa.string()),
-                    "score": pa.array(values, pa.float32()),
-                    "model_version": pa.array([self.model_version] * len(ids), pa.string()),
-                    "source": pa.array([source] * len(ids), pa.string()),
-                }
-            )
+            columns = {
+                "id": pa.array(ids, pa.string()),
+                "score": pa.array(values, pa.float32()),
+                "model_version": pa.array([self.model_version] * len(ids), pa.string()),
+                "source": pa.array([source] * len(ids), pa.string()),
+            }
+            if features:
+                matrix = np.concatenate(features).astype(np.float16)
+                assert len(matrix) == len(ids), "one feature row per scored image"
+                flat = pa.array(matrix.reshape(-1), pa.float16())
+                columns[EMBEDDING_COLUMN] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+            table = pa.table(columns)
             _atomic_write(shard, lambda p: pq.write_table(table, p))
         if errors:
 
@@ -273,6 +317,12 @@ class BulkJob:
         if self._cancel.is_set():
             self.progress.status = "cancelled"
             return self.progress
+        if self.embeddings:
+            try:
+                check_embeddings(self.scorer, self.model_version)  # before anything is written
+            except NoEmbeddingOutput as exc:
+                self.progress.status, self.progress.error = "failed", str(exc)
+                raise
         (self.out_dir / "shards").mkdir(parents=True, exist_ok=True)
         opened = [open_source(p, roots=self.roots) for p in self.sources]
         try:
@@ -311,11 +361,17 @@ class BulkJob:
         )
         pending_ids: list[str] = []
         pending_scores: list[np.ndarray] = []
+        pending_features: list[np.ndarray] = []
         reported = 0
         cursor = state.next_index
         try:
             for batch in stream:
-                pending_scores.append(self.scorer.score(batch.images, self.batch_size))
+                if self.embeddings:
+                    scores, features = self.scorer.score_and_embed(batch.images, self.batch_size)  # type: ignore[attr-defined]
+                    pending_features.append(features)
+                else:
+                    scores = self.scorer.score(batch.images, self.batch_size)
+                pending_scores.append(scores)
                 pending_ids.extend(batch.ids)
                 cursor = source.index(batch.ids[-1]) + 1
                 elapsed = time.monotonic() - started
@@ -324,14 +380,14 @@ class BulkJob:
                 if len(pending_ids) >= self.shard_rows or self._cancel.is_set():
                     errors = report.items[reported:]
                     reported += len(errors)
-                    self._commit(m, k, cursor, pending_ids, pending_scores, errors)
-                    pending_ids, pending_scores = [], []
+                    self._commit(m, k, cursor, pending_ids, pending_scores, errors, features=pending_features)
+                    pending_ids, pending_scores, pending_features = [], [], []
                     if self._cancel.is_set():
                         return
         finally:
             stream.close()
         errors = report.items[reported:]
-        self._commit(m, k, len(source), pending_ids, pending_scores, errors, finished=True)
+        self._commit(m, k, len(source), pending_ids, pending_scores, errors, finished=True, features=pending_features)
 
     def _write_reports(self, m: _Manifest) -> None:
         """errors.csv (every failed entry) and top.csv (the top-N by score) from the committed shards."""
@@ -364,11 +420,4 @@ class BulkJob:
                 else:
                     heapq.heappushpop(best, item)
         ranked = sorted(best, key=lambda t: (-t[0], t[2], t[1]))
-
-        def write_top(p: Path) -> None:
-            with p.open("w", newline="", encoding="utf-8") as out:
-                writer = csv.writer(out)
-                writer.writerow(["rank", "id", "score", "model_version", "source"])
-                writer.writerows((r + 1, i, f"{s:.6f}", m.model_version, src) for r, (s, i, src) in enumerate(ranked))
-
-        _atomic_write(self.out_dir / "top.csv", write_top)
+        _atomic_write(self.out_dir / "top.csv", lambda p: write_top_csv(p, ranked, m.model_version, self.catalogue))

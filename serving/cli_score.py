@@ -1,4 +1,12 @@
-"""``anomalymatch score``: resumable bulk scoring of folders, zips, HDF5 or image files to Parquet shards."""
+"""``anomalymatch score``: resumable bulk scoring of folders, zips, HDF5 or image files to Parquet shards.
+
+    anomalymatch score --source survey.zip --out run1                      # scores, top.csv, errors.csv
+    anomalymatch score --source survey.zip --out run1 --embeddings         # also each image's features
+    anomalymatch score --source survey.zip --out run1 --catalogue cat.csv  # catalogue columns in top.csv
+
+Without ``--catalogue``, the catalogue attached to the campaign (``anomalymatch catalogue attach``) goes
+into top.csv when there is one. A job's embeddings are searched by ``anomalymatch similar ID --bulk run1``.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="decoding threads (default one per CPU)")
     p.add_argument("--shard-rows", type=int, help="scored images per committed shard (default 65536)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers to try in order (default CUDA, CPU)")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also store each image's pooled features (float16) for 'anomalymatch similar --bulk'; "
+        "a resumed job keeps the choice it started with",
+    )
+    p.add_argument(
+        "--catalogue",
+        metavar="CSV",
+        help="survey catalogue (id, ra, dec, other columns) whose columns and sky links go into top.csv "
+        "(default: the catalogue attached to the campaign, if any)",
+    )
+    p.add_argument("--catalogue-id-column", default="id", help="the catalogue's id column (default id)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--engine",
@@ -46,10 +67,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from anomalymatch.catalogue import CatalogueError
     from anomalymatch.config import load_config
     from anomalymatch.model_ref import resolve_model, resolve_tracking_uri
     from anomalymatch.scoring import OnnxScorer
     from serving.bulk import MANIFEST, BulkJob, JobMismatch, read_manifest
+    from serving.bulk_top import catalogue_from_file, catalogue_from_store
     from serving.live_model import served_name
 
     config = load_config(
@@ -66,6 +89,17 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     serving, out = config.serving, Path(args.out)
+    if args.embeddings and getattr(args, "engine", "local") != "local":
+        print("error: --embeddings is for the local engine (drop --engine or --embeddings)", file=sys.stderr)
+        return 2
+    try:  # a bad catalogue is refused before any image is scored
+        if args.catalogue:
+            catalogue = catalogue_from_file(args.catalogue, args.catalogue_id_column)
+        else:
+            catalogue = catalogue_from_store(config.labelstore, config.data_path)
+    except (CatalogueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.engine != "ray" and (args.address or args.actors):
         print("error: --address and --actors are for --engine ray", file=sys.stderr)
         return 2
@@ -83,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(ref, tracking_uri, config.data_path / "serving" / "models", config.tracking.registered_model)
     if args.engine == "ray":
         try:
-            job = _ray_job(args, config, model)
+            job = _ray_job(args, config, model, catalogue=catalogue)
         except ImportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -103,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             shard_rows=serving.bulk_shard_rows,
             top_n=serving.top_n,
             progress_bar=not args.quiet,
+            embeddings=args.embeddings,
+            catalogue=catalogue,
         )
     try:
         progress = job.run()
