@@ -23,6 +23,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "training.cli_retrain",
         "Retrain the champion when new labels arrive (--watch), register, gate, promote",
     ),
+    "coldstart": (
+        "training.cli_coldstart",
+        "A campaign's first ranking with no labelled anomaly: outlierness, or similarity to example images",
+    ),
     "label": ("labeling.cli", "Pull candidates to label and push labels to the service; retraining status"),
     "catalogue": ("anomalymatch.cli_catalogue", "Attach a survey catalogue (id, ra, dec, columns) to the campaign"),
     "similar": ("anomalymatch.cli_similar", "The images most like one image, by the model's stored features"),

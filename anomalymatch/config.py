@@ -259,10 +259,28 @@ class RetrainConfig:
     pretrained: bool = True  # no champion yet: start from ImageNet weights (False: random, for tests)
     device: str = "auto"
     embeddings: bool = True  # store the feature vectors of the images each retrain held ("more like this")
+    min_anomalies: int = 3  # no retrain before this many images are labelled anomaly (the cold-start queue
+    #                         serves until then; ``--force`` overrides)
 
     def __post_init__(self) -> None:
         if self.min_labels < 1 or self.max_wait_minutes < 0 or self.poll_s <= 0:
             raise ValueError("retrain.min_labels must be >= 1, retrain.max_wait_minutes >= 0, retrain.poll_s > 0")
+        if self.min_anomalies < 1:
+            raise ValueError(f"retrain.min_anomalies must be >= 1, got {self.min_anomalies}")
+
+
+@dataclass(frozen=True)
+class ColdStartConfig:
+    """The first ranking of a campaign with no labelled anomaly (``anomalymatch coldstart``): outlierness is
+    one minus the mean cosine similarity to the ``k`` nearest of ``reference`` sampled pool images, in the
+    ImageNet features."""
+
+    k: int = 10
+    reference: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.reference <= self.k:
+            raise ValueError(f"coldstart.k must be >= 1 and coldstart.reference > k, got {self.k}, {self.reference}")
 
 
 @dataclass(frozen=True)
@@ -277,6 +295,7 @@ class AppConfig:
     labelstore: LabelStoreConfig = field(default_factory=LabelStoreConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     similar: SimilarConfig = field(default_factory=SimilarConfig)
+    coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
     workers: int = 0  # image-decoding threads everywhere (training, uploads, bulk jobs); 0 = one per CPU
     preset: str = ""  # the named recipe applied under the config file and options (PRESETS); "" = none
 
@@ -304,6 +323,7 @@ class AppConfig:
             "labelstore": dataclasses.asdict(self.labelstore),
             "retrain": dataclasses.asdict(self.retrain),
             "similar": dataclasses.asdict(self.similar),
+            "coldstart": dataclasses.asdict(self.coldstart),
         }
 
     def config_hash(self) -> str:
@@ -347,6 +367,7 @@ _SECTIONS = {
     "labelstore": LabelStoreConfig,
     "retrain": RetrainConfig,
     "similar": SimilarConfig,
+    "coldstart": ColdStartConfig,
 }
 
 

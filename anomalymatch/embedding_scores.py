@@ -71,3 +71,37 @@ def _mean_top_k(similarity: np.ndarray, k: int) -> np.ndarray:
     k = min(k, similarity.shape[1])
     top = np.partition(similarity, similarity.shape[1] - k, axis=1)[:, -k:]
     return top.mean(axis=1)
+
+
+def outlier_scores(x: np.ndarray, reference: np.ndarray, k: int = 10, batch: int = 4096) -> np.ndarray:
+    """Cold-start outlierness: one minus the mean cosine similarity of each row of ``x`` to its ``k``
+    nearest rows of ``reference`` (a sample of the same archive). A row identical to a reference row
+    (cosine > 1 - 1e-5: the image itself, when it is in the sample) is not its own neighbour. Needs no
+    labels; on the four benchmark cases it ranks better than an isolation forest or a Mahalanobis distance
+    on the same features (README, cold start)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    reference = l2_normalise(reference)
+    queries = l2_normalise(x)
+    if reference.ndim != 2 or queries.shape[1] != reference.shape[1]:
+        raise ValueError(f"embeddings must be (N, D) with one D; got {queries.shape} and {reference.shape}")
+    if len(reference) <= k:
+        raise ValueError(f"the reference sample has {len(reference)} rows; outlierness needs more than k={k}")
+    out = np.empty(len(queries), dtype=np.float32)
+    for start in range(0, len(queries), batch):
+        sim = queries[start : start + batch] @ reference.T
+        sim[sim > SELF_MATCH] = -1.0
+        out[start : start + batch] = 1.0 - _mean_top_k(sim, k)
+    return out
+
+
+def example_similarity(x: np.ndarray, examples: np.ndarray) -> np.ndarray:
+    """The best cosine similarity of each row of ``x`` to one of the ``examples`` (images the user showed as
+    "this is what I look for")."""
+    if len(examples) == 0:
+        raise ValueError("no example embeddings")
+    return (l2_normalise(x) @ l2_normalise(examples).T).max(axis=1)
+
+
+#: cosine similarity above which two feature vectors count as the same image
+SELF_MATCH = 1.0 - 1e-5

@@ -128,6 +128,11 @@ def evaluate(state: RetrainState, store: LabelStore, cfg: RetrainConfig, now: da
     """The status as the service and the CLI report it, plus ``due`` (why a retrain should start, or '')."""
     n_new, waited = pending(store, state.trained_seq, now)
     due = retrain_due(n_new, waited, cfg.min_labels, cfg.max_wait_minutes)
+    anomalies = None
+    if due:  # counted only then: the status is polled often and the count reads every current label
+        anomalies = store.label_counts()["anomalies"]
+        if anomalies < cfg.min_anomalies:
+            due = ""
     error = state.last_error
     recorded = state.status
     if recorded == RetrainStatus.RUNNING.value and not _alive(state):
@@ -152,6 +157,8 @@ def evaluate(state: RetrainState, store: LabelStore, cfg: RetrainConfig, now: da
         "new_labels": n_new,
         "oldest_new_label_waited_s": round(waited, 1),
         "min_labels": cfg.min_labels,
+        "min_anomalies": cfg.min_anomalies,
+        "waiting_for_anomalies": anomalies is not None and anomalies < cfg.min_anomalies,
         "max_wait_minutes": cfg.max_wait_minutes,
         "last_version": state.last_version,
         "last_promoted": state.last_promoted,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -38,6 +39,7 @@ from registry.store import (
     TRAIN_IDS_ARTIFACT,
     ensure_registered_model,
     get_aliases,
+    is_coldstart,
     mlflow_client,
     resolve_model,
 )
@@ -109,6 +111,14 @@ def gate_against_champion(
     from anomalymatch.scoring import OnnxScorer
 
     challenger = OnnxScorer(challenger_onnx, providers=["CPUExecutionProvider"])
+    if champion is not None and is_coldstart(client.get_model_version(name, champion).tags):
+        scores = challenger.score(holdout.images) if len(holdout.ids) else np.empty(0)
+        result = evaluate_gate(holdout.y, scores, None, holdout.ids, min_anomalies=cfg.gate_min_anomalies)
+        return dataclasses.replace(
+            result,
+            reason=f"champion {champion} is the cold-start ranking (no training): the first trained model replaces it",
+            champion_version=champion,
+        )
     if champion is None:
         scores = challenger.score(holdout.images) if len(holdout.ids) else np.empty(0)
         return evaluate_gate(

@@ -4,6 +4,7 @@ Model references are resolved by ``anomalymatch.model_ref`` (re-exported here as
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from anomalymatch.model_ref import DEFAULT_NAME, ONNX_FILE, ResolvedModel, mlflow_client, resolve_model
@@ -27,6 +28,7 @@ LINEAGE_KEYS = (
     "pool_sha256",
     "config_hash",
     "parent_version",
+    "kind",
     "metrics",
 )
 PARITY, PARITY_DETAIL = "parity", "parity_detail"
@@ -34,6 +36,12 @@ GATE, GATE_VS, GATE_REASON, GATE_DETAIL = "gate", "gate_vs", "gate_reason", "gat
 PROMOTED_AT, PROMOTION_REASON, FORCED, REPLACED = "promoted_at", "promotion_reason", "forced", "replaced_version"
 ROLLED_BACK_AT = "rolled_back_at"
 PASSED = "passed"
+KIND, COLDSTART = "kind", "coldstart"  # version tag: a cold-start version (training.coldstart) ranks without training
+
+
+def is_coldstart(tags: Mapping[str, str]) -> bool:
+    """Whether a model version's tags mark it as a cold-start version."""
+    return tags.get(KIND) == COLDSTART
 
 
 def _code(exc: Exception) -> str:

@@ -145,11 +145,12 @@ class RetrainWatcher:
             seq = self.store.last_seq()
             if seq == 0 or not (force or report["due"]):
                 write_state(self.state_file, state)
-                why = (
-                    "no labels in the label store"
-                    if seq == 0
-                    else (f"not due: {report['new_labels']} new label(s), need {self.config.retrain.min_labels}")
-                )
+                if seq == 0:
+                    why = "no labels in the label store"
+                elif report["waiting_for_anomalies"]:
+                    why = f"not due: fewer than retrain.min_anomalies={self.config.retrain.min_anomalies} anomalies"
+                else:
+                    why = f"not due: {report['new_labels']} new label(s), need {self.config.retrain.min_labels}"
                 return RetrainOutcome(False, why, label_seq=seq)
             reason = report["due"] or "forced"
             state.status, state.started_at, state.finished_at = RetrainStatus.RUNNING.value, now_iso(), ""
@@ -178,7 +179,7 @@ class RetrainWatcher:
 
         from anomalymatch.model_ref import resolve_tracking_uri
         from registry.promote import PromotionError, promote_to_champion
-        from registry.store import CHAMPION, get_aliases, mlflow_client
+        from registry.store import CHAMPION, get_aliases, is_coldstart, mlflow_client
         from training.active_learning import run_tracked_cycle
         from training.tracking import RunTracker
         from training.trainer import FixMatchTrainer
@@ -187,14 +188,19 @@ class RetrainWatcher:
         campaign = campaign_images(self.store, cfg.retrain.campaign)
         tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.data_path)
         name = cfg.tracking.registered_model
-        champion = get_aliases(mlflow_client(tracking_uri), name).get(CHAMPION)
+        client = mlflow_client(tracking_uri)
+        champion = get_aliases(client, name).get(CHAMPION)
+        # a cold-start champion ranks without training: the first FixMatch run starts from ImageNet weights
+        start_from = champion
+        if champion is not None and is_coldstart(client.get_model_version(name, champion).tags):
+            start_from = None
         torch.manual_seed(cfg.cycle.seed)
         with tempfile.TemporaryDirectory(prefix="anomalymatch-retrain-") as tmp:
-            model = self._start_model(campaign, champion, tracking_uri, Path(tmp))
+            model = self._start_model(campaign, start_from, tracking_uri, Path(tmp))
         inputs, labels = self._load_campaign(campaign, model.spec)
         images, ids, state = inputs.images, inputs.ids, inputs.state
         trainer = FixMatchTrainer(
-            model, cfg.fixmatch, seed=cfg.cycle.seed, device=cfg.retrain.device, fresh_head=champion is None
+            model, cfg.fixmatch, seed=cfg.cycle.seed, device=cfg.retrain.device, fresh_head=start_from is None
         )
         tracker = RunTracker(cfg.tracking, cfg.data_path)
         cycle_cfg = dataclasses.replace(cfg.cycle, cycles=1)
@@ -254,9 +260,8 @@ class RetrainWatcher:
 
         if champion is None:
             spec = campaign.preprocess or self.config.preprocess
-            log.info(
-                "no champion yet: starting from %s weights", "ImageNet" if self.config.retrain.pretrained else "random"
-            )
+            weights = "ImageNet" if self.config.retrain.pretrained else "random"
+            log.info("no trained champion yet: starting from %s weights", weights)
             return create_model(spec, pretrained=self.config.retrain.pretrained)
         client = mlflow_client(tracking_uri)
         run_id = get_version(client, self.config.tracking.registered_model, champion).run_id

@@ -6,6 +6,7 @@ reported and leaves the champion; only one retrain runs at a time; the status ru
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import threading
@@ -197,13 +198,15 @@ def test_due_rules_and_status_transitions(tmp_path):
 
     store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
     store.register_images(["a.png", "b.png"])
-    cfg = RetrainConfig(min_labels=2, max_wait_minutes=10)
+    cfg = RetrainConfig(min_labels=2, max_wait_minutes=10, min_anomalies=1)
     path = state_path(tmp_path)
     assert evaluate(read_state(path), store, cfg)["status"] == "idle"
     store.add_labels([LabelEntry("a.png", "anomaly")])
     later = datetime.now(UTC) + timedelta(minutes=11)
     assert evaluate(read_state(path), store, cfg)["status"] == "idle"
     assert evaluate(read_state(path), store, cfg, now=later)["status"] == "queued"  # waited long enough
+    waiting = evaluate(read_state(path), store, dataclasses.replace(cfg, min_anomalies=2), now=later)
+    assert waiting["status"] == "idle" and waiting["waiting_for_anomalies"]  # cold start: too few anomalies yet
     store.add_labels([LabelEntry("b.png", "nominal")])
     assert evaluate(read_state(path), store, cfg)["status"] == "queued"
 
