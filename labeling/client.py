@@ -91,6 +91,12 @@ class Client(HttpClient):
         """The image with the served model's occlusion map over it, as PNG bytes (red raises the score)."""
         return self.post("saliency", {"image_id": image_id, "stretch": stretch}).content
 
+    def similar(self, image_id: str, k: int = 50, unlabelled: bool = False) -> list[dict[str, Any]]:
+        """The ``k`` images most like ``image_id`` by the served model's features, most similar first: rows
+        with ``image_id``, ``similarity``, ``score`` and ``rank`` ("more like this")."""
+        payload = {"image_id": image_id, "k": k, "unlabelled": unlabelled}
+        return self.post("similar", payload).json()["candidates"]
+
     def suspects(self, threshold: float = 0.8, limit: int = 100) -> dict[str, Any]:
         """Labelled images whose label the served model's features contradict: ``{"suspects": [{"image_id",
         "label", "user", "p_anomaly", "doubt"}], "judged", ...}``."""

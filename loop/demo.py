@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anomalymatch.labels import Label
+
 FIRST_CLASSES = {0: "FRI", 1: "FRII", 2: "Compact", 3: "Bent"}
 
 
@@ -196,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         print("top candidates now (id, score, true class):")
         for row in loop.client.candidates(n=10):
             print(f"  {row['image_id']:>10}  {row['score']:.4f}  {class_of[row['image_id']]}")
+        loop.more_like_this(final_pool)
         loop.close()
     store.close()
     print(f"service stopped (log {svc.log_path}; watcher log {home / 'retrain' / 'watcher.log'})")
@@ -266,6 +269,20 @@ class DemoLoop:
             writer.writerows(rows)
         self.client.push(sheet, user="demo-expert")
         return [row["filename"] for row in rows]
+
+    def more_like_this(self, unlabelled: list[str], k: int = 20) -> None:
+        """ "More like this" on the first Bent source the expert found: its nearest unlabelled neighbours
+        by the served model's features, against the Bent share of all unlabelled images."""
+        found = [r.image_id for r in self.store.history() if r.user == "demo-expert" and r.label is Label.ANOMALY]
+        if not found:
+            return
+        rows = self.client.similar(found[0], k=k, unlabelled=True)
+        bent = sum(self.class_of[r["image_id"]] == "Bent" for r in rows)
+        base = sum(self.class_of[i] == "Bent" for i in unlabelled) / max(len(unlabelled), 1)
+        print(
+            f"more like this: the {len(rows)} unlabelled images most like Bent source {found[0]} hold {bent} Bent "
+            f"({bent / max(len(rows), 1):.0%}; {base:.0%} of all unlabelled images are Bent)"
+        )
 
     def wait_retrain(self, label_seq: int, timeout: float) -> dict:
         """Wait until the watcher has trained on the labels up to ``label_seq`` and, when it promoted the new
