@@ -110,6 +110,7 @@ class ImageLibrary:
         self.store = store
         self.roots = None if roots is None else [str(r) for r in roots]
         self._sources: dict[str, ImageSource] = {}
+        self._specs: dict[int, PreprocessSpec] = {}  # id(source) -> its campaign's spec, when it combines bands
         self._refused: set[str] = set()  # campaigns whose sources may not be read: not scanned again
         self._lock = threading.Lock()
 
@@ -133,6 +134,9 @@ class ImageLibrary:
                     self._refused.add(campaign.name)
                     continue
                 self._sources[campaign.name] = source
+                spec = campaign.config.get("preprocess")
+                if spec and spec.get("band_matrix"):
+                    self._specs[id(source)] = PreprocessSpec.from_dict(spec)
                 if _holds(source, image_id):
                     return source
         return None
@@ -141,10 +145,10 @@ class ImageLibrary:
         """The original file bytes of ``image_id`` (raw HDF5 rows, and any image with ``render_png``, as a
         display PNG at native resolution). ``KeyError`` when no campaign source holds it, ``DecodeError``
         when its bytes are not an image (or, with ``render_png``, cannot be decoded)."""
-        item = self._item(image_id)
+        item, spec = self._item_spec(image_id)
         base = image_id.rsplit("/", 1)[-1] or "image"
         if isinstance(item, np.ndarray) or render_png:
-            return ImageFile(_to_png(item, image_id), "image/png", f"{Path(base).stem or 'image'}.png")
+            return ImageFile(_to_png(item, image_id, spec), "image/png", f"{Path(base).stem or 'image'}.png")
         data = bytes(item)
         if data[:2] == b"\x1f\x8b" and has_image_magic(data):  # gzip: a .fits.gz, served as it is stored
             return ImageFile(data, "application/gzip", base)
@@ -155,7 +159,8 @@ class ImageLibrary:
         stored, HDF5 rows channel-last, other files decoded RGB. ``KeyError`` / ``DecodeError`` as ``read``."""
         from anomalymatch.display import display_pixels
 
-        return display_pixels(self._item(image_id), image_id)
+        item, spec = self._item_spec(image_id)
+        return display_pixels(item, image_id, spec)
 
     def read_model_input(self, image_id: str, spec: PreprocessSpec) -> np.ndarray:
         """``image_id`` as a model at ``spec`` sees it: uint8 (size, size, 3). ``KeyError`` / ``DecodeError``."""
@@ -168,16 +173,21 @@ class ImageLibrary:
         return decode_image(bytes(item), image_id, spec)
 
     def _item(self, image_id: str) -> bytes | np.ndarray:
+        return self._item_spec(image_id)[0]
+
+    def _item_spec(self, image_id: str) -> tuple[bytes | np.ndarray, PreprocessSpec | None]:
+        """The stored item and, for a campaign that combines bands, its spec (to show it as the model does)."""
         source = self._source_for(image_id)
         if source is None:
             raise KeyError(f"image {image_id!r} is in no campaign's sources")
-        return source.read(image_id)
+        return source.read(image_id), self._specs.get(id(source))
 
     def close(self) -> None:
         with self._lock:
             for source in self._sources.values():
                 source.close()
             self._sources.clear()
+            self._specs.clear()
 
 
 def _holds(source: ImageSource, image_id: str) -> bool:
@@ -188,13 +198,18 @@ def _holds(source: ImageSource, image_id: str) -> bool:
     return True
 
 
-def _to_png(item: bytes | np.ndarray, name: str) -> bytes:
+def _to_png(item: bytes | np.ndarray, name: str, spec: PreprocessSpec | None = None) -> bytes:
     from PIL import Image
 
-    from anomalymatch.decode import decode_native
+    from anomalymatch.decode import decode_composite, decode_native
     from anomalymatch.transform import channel_last, to_rgb, to_uint8
 
-    pixels = to_rgb(to_uint8(channel_last(item))) if isinstance(item, np.ndarray) else decode_native(item, name)
+    if spec is not None:
+        pixels = decode_composite(item, name, spec)
+    elif isinstance(item, np.ndarray):
+        pixels = to_rgb(to_uint8(channel_last(item)))
+    else:
+        pixels = decode_native(item, name)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()

@@ -340,6 +340,16 @@ def decode_native(data: bytes, name: str = "", fits_stretch: FitsStretch | str =
     return _guarded(fmt, lambda: _native_rgb(data, fmt, stretch))
 
 
+def decode_composite(item: bytes | np.ndarray, name: str, spec: PreprocessSpec) -> np.ndarray:
+    """A multi-band image (file bytes, or a channel-last array) as ``spec.band_matrix`` combines it for the
+    model, uint8 (H, W, 3) at its own resolution (no crop or resize): what a person looks at."""
+    if isinstance(item, np.ndarray):
+        return _guarded(ImageFormat.FITS, lambda: combine_bands(channel_last(item), spec))
+    data = _gunzip(bytes(item))
+    fmt = sniff_format(data, name)
+    return _guarded(fmt, lambda: combine_bands(_native_bands(data, fmt), spec))
+
+
 def decode_image(
     data: bytes, name: str, spec: PreprocessSpec, *, draft: bool = True, max_pixels: int | None = None
 ) -> np.ndarray:

@@ -70,8 +70,14 @@ def to_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def display_pixels(item: bytes | np.ndarray, name: str) -> np.ndarray:
-    """``display_data`` for what a source returns: file bytes, or an HDF5 row (channel-last, 1-4 bands)."""
+def display_pixels(item: bytes | np.ndarray, name: str, spec=None) -> np.ndarray:
+    """``display_data`` for what a source returns: file bytes, or an HDF5 row (channel-last, 1-4 bands).
+    With a ``spec`` (``PreprocessSpec``) that has a ``band_matrix``, multi-band images show as the model's
+    three channels (``anomalymatch.decode.decode_composite``)."""
+    if spec is not None and spec.band_matrix is not None:
+        from anomalymatch.decode import decode_composite
+
+        return decode_composite(item, name, spec)
     if isinstance(item, np.ndarray):
         from anomalymatch.transform import channel_last
 
