@@ -47,6 +47,7 @@ from serving.ray_engine import RayBulkJob, RayOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 100_000_000
+BATCH = 64  # ONNX Runtime's batch on the CPU everywhere here (OnnxScorer.default_batch_size, what the actors use)
 
 
 def _best(runs: list[dict]) -> dict:
@@ -58,7 +59,7 @@ def bench_local(scorer: OnnxScorer, source: Path, out: Path, repeats: int = 2) -
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        p = BulkJob([source], out, scorer, "bench", batch_size=256, shard_rows=4096, top_n=100).run()
+        p = BulkJob([source], out, scorer, "bench", batch_size=BATCH, shard_rows=4096, top_n=100).run()
         runs.append(_timed(p.scored, time.perf_counter() - t0, time.process_time() - c0))
     return _best(runs)
 
@@ -89,8 +90,8 @@ def bench_decode_one_core(source: Path, spec, n: int) -> dict:  # type: ignore[n
 
 
 def bench_infer_one_core(model: Path, images: np.ndarray) -> dict:
-    """What one CPU scoring actor does: one ONNX Runtime thread, batches of 256."""
-    return bench_raw(OnnxScorer(model, threads=1, spinning=False), images, 256)
+    """What one CPU scoring actor does: one ONNX Runtime thread."""
+    return bench_raw(OnnxScorer(model, threads=1, spinning=False), images, BATCH)
 
 
 def bench_write(rows: int = 65_536, shards: int = 8) -> dict:
@@ -156,10 +157,12 @@ def run_size(size: int, n: int, work: Path) -> dict:
     scorer = OnnxScorer(model_path)
     source = write_jpeg_folder(work / f"gz1_jpeg_{n}", gz1_jpegs(n))
     images = load_images(source, scorer.spec).images
-    raw = bench_raw(scorer, images, 256)
+    raw = bench_raw(scorer, images, BATCH)
+    spec = scorer.spec
+    del scorer  # each session keeps a memory arena (GBs at 224 px): one at a time
     local = bench_local(OnnxScorer(model_path, spinning=False), source, work / f"out_local_{size}")
     ray_run = bench_ray(model_path, source, work / f"out_ray_{size}")
-    decode = bench_decode_one_core(source, scorer.spec, min(n, 1500))
+    decode = bench_decode_one_core(source, spec, min(n, 1500))
     infer = bench_infer_one_core(model_path, images[: min(n, 2000)])
     row = {
         "size": size,
