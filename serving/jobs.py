@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from serving.bulk import MANIFEST, BulkJob, read_manifest
+from serving.bulk import MANIFEST, BulkJob, NoEmbeddingOutput, check_embeddings, read_manifest
+from serving.bulk_top import Catalogue
 from serving.live_model import LoadedModel
 from serving.ray_engine import Engine
 from serving.uploads import RequestError
@@ -56,8 +57,10 @@ class BulkJobs:
         shard_rows: int,
         default_top_n: int,
         ray_address: str | None = None,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self.out_root = Path(out_root)
+        self.catalogue = catalogue  # the label store's attached catalogue: its columns go into top.csv
         self.ray_address = ray_address
         self.data_roots = list(data_roots)
         self.batch_size, self.workers, self.shard_rows, self.default_top_n = (
@@ -77,6 +80,7 @@ class BulkJobs:
         top_n: int | None = None,
         job_id: str = "",
         engine: str = "local",
+        embeddings: bool = False,
     ) -> dict:
         try:
             chosen = Engine.parse(engine)
@@ -90,16 +94,23 @@ class BulkJobs:
         job_id = job_id or uuid.uuid4().hex[:12]
         if not _JOB_ID.match(job_id):
             raise RequestError(400, f"job_id {job_id!r}: use 1-64 letters, digits, '-' or '_'")
+        if embeddings:
+            if chosen is Engine.RAY:
+                raise RequestError(400, "embeddings are stored by the local engine: drop engine or embeddings")
+            try:
+                check_embeddings(model.scorer, model.version)
+            except NoEmbeddingOutput as exc:
+                raise RequestError(422, str(exc)) from None
         with self._lock:
             running = self._jobs.get(job_id)
             if running is not None and running.progress.status in ("queued", "running"):
                 raise RequestError(409, f"job {job_id} is already {running.progress.status}")
-            self._check_resumable(job_id, resolved, model.version)
+            self._check_resumable(job_id, resolved, model.version, embeddings)
             top_n = self.default_top_n if top_n is None else top_n
             job = (
                 self._ray_job(resolved, job_id, model, top_n)
                 if chosen is Engine.RAY
-                else self._local_job(resolved, job_id, model, top_n)
+                else self._local_job(resolved, job_id, model, top_n, embeddings)
             )
             self._jobs[job_id] = job
         self._pool.submit(self._run, job_id, job)
@@ -110,7 +121,9 @@ class BulkJobs:
             "out_dir": str(job.out_dir),
         }
 
-    def _local_job(self, sources: list[str], job_id: str, model: LoadedModel, top_n: int) -> BulkJob:
+    def _local_job(
+        self, sources: list[str], job_id: str, model: LoadedModel, top_n: int, embeddings: bool = False
+    ) -> BulkJob:
         return BulkJob(
             sources,
             self.out_root / job_id,
@@ -121,6 +134,8 @@ class BulkJobs:
             shard_rows=self.shard_rows,
             top_n=top_n,
             roots=self.data_roots,
+            embeddings=embeddings,
+            catalogue=self.catalogue,
         )
 
     def _ray_job(self, sources: list[str], job_id: str, model: LoadedModel, top_n: int) -> BulkJob:
@@ -140,8 +155,9 @@ class BulkJobs:
         except ImportError as exc:
             raise RequestError(501, f"{exc} on the service's machine") from exc
 
-    def _check_resumable(self, job_id: str, sources: list[str], version: str) -> None:
-        """An existing job id resumes only over the same sources with the same model version."""
+    def _check_resumable(self, job_id: str, sources: list[str], version: str, embeddings: bool = False) -> None:
+        """An existing job id resumes only over the same sources with the same model version and
+        embeddings choice."""
         if not (self.out_root / job_id / MANIFEST).is_file():
             return
         manifest = read_manifest(self.out_root / job_id)
@@ -156,6 +172,11 @@ class BulkJobs:
                 409,
                 f"job {job_id} was scored by model version {manifest['model_version']} and the service now serves "
                 f"{version}: a job keeps one model version, so use a new job_id",
+            )
+        if manifest.get("embeddings", False) != embeddings:
+            said = "with" if manifest.get("embeddings", False) else "without"
+            raise RequestError(
+                409, f"job {job_id} was started {said} embeddings: resubmit it {said} them, or use a new job_id"
             )
 
     @staticmethod

@@ -104,6 +104,7 @@ class AnomalyMatchService:
             CONFIG.workers,
             SERVING.bulk_shard_rows,
             SERVING.top_n,
+            catalogue=lambda ids: self.label_api.store.catalogue_for(ids),  # the attached one, into top.csv
         )
         self.label_api = LabelsApi(CONFIG)
         self.workbench = webapp.app.state.workbench = webapp.Workbench(
@@ -186,11 +187,16 @@ class AnomalyMatchService:
         top_n: int | None = None,
         job_id: str = "",
         engine: str = "local",
+        embeddings: bool = False,
     ) -> dict[str, Any]:
         """Start (or, with an existing ``job_id``, resume) a bulk job over server-side sources (admin);
-        ``engine`` "ray" runs it on the Ray cluster at ``$RAY_ADDRESS`` (else a local Ray instance)."""
+        ``engine`` "ray" runs it on the Ray cluster at ``$RAY_ADDRESS`` (else a local Ray instance);
+        ``embeddings`` (local engine) stores each image's features too, for "more like this" over the job."""
+        submit = self.jobs.submit
         return self._as(
-            ctx, Role.ADMIN, lambda: self.jobs.submit(sources, self.model.current, top_n, job_id, engine=engine)
+            ctx,
+            Role.ADMIN,
+            lambda: submit(sources, self.model.current, top_n, job_id, engine=engine, embeddings=embeddings),
         )
 
     @bentoml.api

@@ -183,3 +183,29 @@ def test_score_cli_writes_catalogue_columns_and_refuses_a_bad_catalogue_before_s
         assert "legacysurvey" in next(csv.reader(fh))
     assert read_embeddings(out).vectors.shape == (36, 1280)
     assert cli([*base, "--out", str(out), "--quiet"]) == 2  # resuming without --embeddings is refused
+
+
+def test_service_bulk_jobs_pass_embeddings_and_the_catalogue_through(scorer, model_path, gz1, tmp_path) -> None:
+    import time
+
+    from serving.jobs import BulkJobs
+    from serving.live_model import LoadedModel
+    from serving.uploads import RequestError
+
+    folder, classes = gz1
+    catalogue = catalogue_from_file(_catalogue(tmp_path / "cat.csv", classes))
+    jobs = BulkJobs(tmp_path / "bulk", [str(folder)], 8, 1, 64, 5, catalogue=catalogue)
+    model = LoadedModel(scorer, "7", model_path)
+    jobs.submit([str(folder)], model, job_id="survey", embeddings=True)
+    deadline = time.monotonic() + 60
+    while jobs.status("survey")["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status = jobs.status("survey")
+    assert status["status"] == "done" and read_embeddings(status["out_dir"]).vectors.shape == (36, 1280)
+    with open(status["top_file"], newline="") as fh:
+        assert "class_name" in next(csv.reader(fh))
+    with pytest.raises(RequestError) as other:
+        jobs.submit([str(folder)], model, job_id="survey")
+    assert other.value.status == 409 and "started with embeddings" in other.value.message
+    jobs.close()
