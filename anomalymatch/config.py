@@ -68,12 +68,16 @@ class FixMatchConfig:
     lr_schedule: str = "constant"  # "cosine": lr * cos(7 pi t / 16 T) over each train() call of T iterations
     freeze_blocks: int = 0  # the stem and this many of the 7 blocks keep their pretrained weights (and BN
     #                         statistics): no backward pass through them, so higher resolutions cost less
+    head_refit: str = "none"  # "blend": after each train() call the EMA model's head becomes the sum of its
+    #                           own logit and a logistic regression on its labelled images' features, each
+    #                           scaled to mean |logit| 1 on those images (still one linear layer)
 
     def __post_init__(self) -> None:
         for key, allowed in (
             ("head_init", ("random", "linprobe")),
             ("bn", ("train", "frozen")),
             ("lr_schedule", ("constant", "cosine")),
+            ("head_refit", ("none", "blend")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")

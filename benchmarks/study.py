@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "lp-head-bnfrozen": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.bn": "frozen"}),
     "lp-head-96": ("fixmatch", 96, {"fixmatch.head_init": "linprobe"}),
     "lp-head-96-freeze3": ("fixmatch", 96, {"fixmatch.head_init": "linprobe", "fixmatch.freeze_blocks": 3}),
+    "balanced-blend": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3, "fixmatch.head_refit": "blend"}),
+    "paper-blend": ("fixmatch", 64, {"fixmatch.head_refit": "blend"}),
     "balanced-lp-soft": (  # the balanced preset with the tempered linear-probe head
         "fixmatch",
         96,

@@ -204,6 +204,8 @@ class FixMatchTrainer:
                 self.save_checkpoint(checkpoint_path)
         if bar is not None:
             bar.close()
+        if self.cfg.head_refit == "blend" and iterations:
+            self.blend_probe_head(labelled, y)
         self.stream = None  # the cycle is complete: the next one draws from its own (changed) pool
         if checkpoint_path:
             self.save_checkpoint(checkpoint_path)
@@ -245,6 +247,29 @@ class FixMatchTrainer:
         head.weight.copy_(torch.stack([-w / 2, w / 2]))
         head.bias.copy_(torch.tensor([-intercept / 2, intercept / 2], dtype=head.bias.dtype))
         self.ema.module.load_state_dict(model.state_dict())
+        self._onnx_cache = None
+
+    @torch.no_grad()
+    def blend_probe_head(self, labelled: np.ndarray, y: np.ndarray) -> None:
+        """The EMA model's head := its own logit + a class-balanced logistic regression on its features of
+        the labelled images, each divided by its mean |logit| on them (``fixmatch.head_refit`` "blend")."""
+        from anomalymatch.embedding_scores import fit_linear_probe
+
+        ema = self.ema.module
+        ema.eval()
+        feats = map_batches(ema.embed, labelled, 256, self.device, self.memory_format)
+        head = ema.backbone.get_classifier()
+        w_fm = (head.weight[1] - head.weight[0]).float().cpu().numpy()
+        b_fm = float(head.bias[1] - head.bias[0])
+        scale = float(np.linalg.norm(feats, axis=1).mean()) or 1.0
+        coef, intercept = fit_linear_probe(feats / scale, y, normalise=False, seed=0)
+        w_lr, b_lr = coef / scale, intercept
+        m_fm = max(float(np.abs(feats @ w_fm + b_fm).mean()), 1e-6)
+        m_lr = max(float(np.abs(feats @ w_lr + b_lr).mean()), 1e-6)
+        w = torch.as_tensor(w_fm / m_fm + w_lr / m_lr, dtype=head.weight.dtype, device=head.weight.device)
+        b = b_fm / m_fm + b_lr / m_lr
+        head.weight.copy_(torch.stack([-w / 2, w / 2]))
+        head.bias.copy_(torch.tensor([-b / 2, b / 2], dtype=head.bias.dtype))
         self._onnx_cache = None
 
     # -- scoring --------------------------------------------------------------------------------

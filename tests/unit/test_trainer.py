@@ -214,3 +214,18 @@ def test_a_retrain_from_a_trained_model_keeps_its_head():
         trainer.train(labelled, y, pool, iterations=1)
         moved[fresh] = float((trainer.model.backbone.get_classifier().weight.detach() - before).abs().max())
     assert moved[False] < 0.05 < moved[True], moved  # one SGD step, against a probe fit that replaces the head
+
+
+def test_blend_refit_adds_the_probe_on_the_trained_features_to_the_ema_head():
+    labelled, y, pool = _data()
+    trainer = _variant(head_refit="blend")
+    trainer.train(labelled, y, pool, iterations=1)  # one step: the FixMatch head alone barely separates
+    scores = trainer.score(labelled, backend="torch")
+    assert scores[y == 1].min() > scores[y == 0].max()  # the probe half separates the labelled set
+    head = trainer.ema.module.backbone.get_classifier()
+    assert torch.allclose(head.weight[0], -head.weight[1]) and torch.allclose(head.bias[0], -head.bias[1])
+    model_head = trainer.model.backbone.get_classifier()
+    assert not torch.allclose(model_head.weight, head.weight)  # only the EMA (the exported model) is refitted
+    plain = _variant()
+    plain.train(labelled, y, pool, iterations=1)
+    assert torch.equal(plain.model.backbone.get_classifier().weight, model_head.weight)  # training unchanged
