@@ -4,6 +4,7 @@ training (pool scoring), the registry (parity checks) and serving. No torch here
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,11 @@ class OnnxScorer:
     ``self.providers`` reports the ones actually in use (ONNX Runtime falls back silently).
     ``spinning=False`` stops ONNX Runtime's threads from spin-waiting between runs: right where decode
     threads share the CPU (bulk jobs and the service: a 64 px bulk job on 2 cores ran 10-14% faster),
-    wrong for back-to-back inference on arrays in memory."""
+    wrong for back-to-back inference on arrays in memory.
+
+    ``io_binding`` runs through ONNX Runtime's I/O binding (``anomalymatch.io_binding``): one reused,
+    pinned host input buffer, outputs bound on the device and copied once per batch. None (default) = on
+    for the CUDA provider, off on the CPU, where it gives the same scores as the plain path."""
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class OnnxScorer:
         providers: Sequence[str] | None = None,
         threads: int = 0,
         spinning: bool = True,
+        io_binding: bool | None = None,
     ) -> None:
         ort = _onnxruntime()
         path = Path(model_path)
@@ -67,6 +73,18 @@ class OnnxScorer:
         outputs = [o.name for o in self.session.get_outputs()]
         self.score_output = outputs[0]
         self.embedding_output = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else None
+        on_cuda = "CUDAExecutionProvider" in self.providers
+        self.io_binding = on_cuda if io_binding is None else bool(io_binding)
+        self._bound_device = "cuda" if on_cuda else "cpu"
+        self._runner = None  # an io_binding.BoundRunner, made at the first batch
+        self._runner_lock = threading.Lock()
+
+    @property
+    def input_memory(self) -> str:
+        """Where batches are staged: "session.run" (no I/O binding), else the bound buffer's kind."""
+        if not self.io_binding:
+            return "session.run"
+        return self._runner.input_memory if self._runner is not None else "not allocated yet"
 
     @property
     def default_batch_size(self) -> int:
@@ -101,7 +119,20 @@ class OnnxScorer:
             )
         parts: list[list[np.ndarray]] = [[] for _ in outputs]
         for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start : start + batch_size])
-            for part, value in zip(parts, self.session.run(outputs, {self.input_name: batch})):
+            batch = images[start : start + batch_size]
+            for part, value in zip(parts, self._run_batch(batch, batch_size, outputs)):
                 part.append(value)
         return [np.concatenate(p).astype(np.float32, copy=False) if p else np.empty((0,), np.float32) for p in parts]
+
+    def _run_batch(self, batch: np.ndarray, capacity: int, outputs: list[str]) -> list[np.ndarray]:
+        if not self.io_binding:
+            return self.session.run(outputs, {self.input_name: np.ascontiguousarray(batch)})
+        from anomalymatch.io_binding import BoundRunner
+
+        with self._runner_lock:  # one reused input buffer: one batch at a time
+            if self._runner is None or self._runner.capacity < len(batch):
+                if self._runner is not None:
+                    self._runner.close()
+                shape = (self.spec.size, self.spec.size, 3)
+                self._runner = BoundRunner(self.session, self.input_name, capacity, shape, self._bound_device)
+            return self._runner.run(batch, outputs)
