@@ -71,9 +71,12 @@ class FixMatchConfig:
     head_refit: str = "none"  # "blend": after each train() call the EMA model's head becomes the sum of its
     #                           own logit and a logistic regression on its labelled images' features, each
     #                           scaled to mean |logit| 1 on those images (still one linear layer)
+    precision: str = "fp32"  # "bf16": forward passes under bf16 autocast (on a GPU; the loss stays float32)
+    deterministic: bool = True  # on CUDA: deterministic cuDNN/cuBLAS kernels, so a seeded run repeats exactly
 
     def __post_init__(self) -> None:
         for key, allowed in (
+            ("precision", ("fp32", "bf16")),
             ("head_init", ("random", "linprobe")),
             ("bn", ("train", "frozen")),
             ("lr_schedule", ("constant", "cosine")),

@@ -7,6 +7,11 @@ each at a magnitude drawn uniformly in its range), then Cutout with a grey squar
 a tuple of ``(op_name, (low, high))``; every op in ``OPS`` takes a batch and one magnitude per image.
 Ranges follow the FixMatch paper (Table 12) and TorchSSL's RandAugment. All randomness comes from the
 ``torch.Generator`` passed in, so a seed reproduces every image exactly.
+
+The images may live on any device (a GPU: the trainer moves each uint8 batch once and augments there).
+The random parameters are always drawn from the CPU generator, in the same order, and only then moved
+to the images' device, so a seed gives the same parameters everywhere and no op waits for the device
+(the per-op image counts that group a RandAugment round are CPU tensors).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def _blend(images: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
 
 
 def _grey(x: Tensor) -> Tensor:
-    return (x * _GREY_WEIGHTS).sum(1, keepdim=True)
+    return (x * _GREY_WEIGHTS.to(x.device)).sum(1, keepdim=True)
 
 
 def _identity(images: Tensor, m: Tensor) -> Tensor:
@@ -77,7 +82,7 @@ def _equalize(images: Tensor, m: Tensor) -> Tensor:
 
 
 def _brightness(images: Tensor, m: Tensor) -> Tensor:
-    return _blend(images, torch.zeros(()), m)
+    return _blend(images, torch.zeros((), device=images.device), m)
 
 
 def _color(images: Tensor, m: Tensor) -> Tensor:
@@ -111,8 +116,8 @@ def _solarize(images: Tensor, m: Tensor) -> Tensor:
 def _affine(images: Tensor, matrix: Tensor, shift: Tensor) -> Tensor:
     """Nearest-neighbour warp about the image centre, 0 outside: source = matrix @ target + shift, in pixels."""
     n, c, h, w = images.shape
-    ys = torch.arange(h, dtype=torch.float32).sub_(h / 2 - 0.5).view(1, h, 1)  # pixel centres, centred
-    xs = torch.arange(w, dtype=torch.float32).sub_(w / 2 - 0.5).view(1, 1, w)
+    ys = torch.arange(h, dtype=torch.float32, device=images.device).sub_(h / 2 - 0.5).view(1, h, 1)  # centred
+    xs = torch.arange(w, dtype=torch.float32, device=images.device).sub_(w / 2 - 0.5).view(1, 1, w)
     a = matrix.reshape(n, 4, 1, 1)
     src_x = (a[:, 0] * xs + a[:, 1] * ys).add_((shift[:, 0] + (w / 2 - 0.5)).view(n, 1, 1)).round_()
     src_y = (a[:, 2] * xs + a[:, 3] * ys).add_((shift[:, 1] + (h / 2 - 0.5)).view(n, 1, 1)).round_()
@@ -126,20 +131,20 @@ def _rotate(images: Tensor, m: Tensor) -> Tensor:
     rad = torch.deg2rad(m)
     cos, sin = rad.cos(), rad.sin()
     matrix = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
-    return _affine(images, matrix, torch.zeros(len(m), 2))
+    return _affine(images, matrix, torch.zeros(len(m), 2, device=m.device))
 
 
 def _shear(images: Tensor, m: Tensor, row: int) -> Tensor:
-    matrix = torch.eye(2).repeat(len(m), 1, 1)
+    matrix = torch.eye(2, device=m.device).repeat(len(m), 1, 1)
     matrix[:, row, 1 - row] = m
-    return _affine(images, matrix, torch.zeros(len(m), 2))
+    return _affine(images, matrix, torch.zeros(len(m), 2, device=m.device))
 
 
 def _translate(images: Tensor, m: Tensor, axis: int) -> Tensor:
     size = images.shape[3 - axis]
-    shift = torch.zeros(len(m), 2)
+    shift = torch.zeros(len(m), 2, device=m.device)
     shift[:, axis] = -m * size
-    return _affine(images, torch.eye(2).repeat(len(m), 1, 1), shift)
+    return _affine(images, torch.eye(2, device=m.device).repeat(len(m), 1, 1), shift)
 
 
 OPS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(
@@ -200,8 +205,6 @@ class AugmentConfig:
 def _check_images(images: Tensor) -> None:
     if not isinstance(images, Tensor):
         raise ValueError(f"expected a torch.Tensor of uint8 images (N, 3, H, W), got {type(images).__name__}")
-    if images.device.type != "cpu":
-        raise ValueError(f"augmentations run on CPU tensors, got one on {images.device}; move it after augmenting")
     if images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images (0-255), got dtype {images.dtype}; convert before augmenting")
     if images.ndim != 4 or images.shape[1] != 3:
@@ -217,23 +220,36 @@ def _reflect(index: Tensor, size: int) -> Tensor:
     return torch.where(index >= size, period - index, index)
 
 
-def _axis_index(n: int, size: int, flip: bool, translate: float, generator: torch.Generator) -> Tensor:
-    """Per-image source index along one axis: a reflected shift in [-pad, pad], then an optional flip."""
+def _axis_index(
+    n: int, size: int, flip: bool, translate: float, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """Per-image source index along one axis (on ``device``): a reflected shift in [-pad, pad], then an
+    optional flip."""
     pad = int(translate * size)
     shift = torch.randint(-pad, pad + 1, (n, 1), generator=generator)
     index = _reflect(torch.arange(size) + shift, size)
     if flip:
         flipped = torch.rand(n, 1, generator=generator) < 0.5
         index = torch.where(flipped, size - 1 - index, index)
-    return index
+    return index.to(device, non_blocking=True)
+
+
+def gather_rows_cols(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``out[i, :, y, x] = images[i, :, rows[i, y], cols[i, x]]`` as one batched gather per axis: two kernels
+    instead of 2n (the GPU path of ``weak_augment``; the CPU loops per image, ~3x faster there)."""
+    n, c, h, w = images.shape
+    rows_of = images.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
+    return rows_of.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
 def weak_augment(images: Tensor, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig()) -> Tensor:
     """Random flips and reflect-padded random translation; returns a new uint8 (N, 3, H, W) tensor."""
     _check_images(images)
     n, c, h, w = images.shape
-    rows = _axis_index(n, h, cfg.vflip, cfg.translate, generator)
-    cols = _axis_index(n, w, cfg.hflip, cfg.translate, generator)
+    rows = _axis_index(n, h, cfg.vflip, cfg.translate, generator, images.device)
+    cols = _axis_index(n, w, cfg.hflip, cfg.translate, generator, images.device)
+    if images.device.type != "cpu":
+        return gather_rows_cols(images, rows, cols)
     out = torch.empty(n, c, h, w, dtype=torch.uint8)
     for i in range(n):  # per-image index_select beats one batched gather on CPU by ~3x
         torch.index_select(images[i].index_select(1, rows[i]), 2, cols[i], out=out[i])
@@ -251,15 +267,16 @@ def _rand_augment(images: Tensor, generator: torch.Generator, policy: tuple, n_o
         u = torch.rand(n, generator=generator)
         low, high = ranges[choice].unbind(1)
         order = torch.argsort(choice, stable=True)
-        grouped = images.index_select(0, order)
-        magnitude = (low + (high - low) * u)[order]
+        magnitude = (low + (high - low) * u)[order].to(images.device, non_blocking=True)
+        inverse = torch.argsort(order).to(images.device, non_blocking=True)
+        grouped = images.index_select(0, order.to(images.device, non_blocking=True))
         start = 0
         for (name, _), count in zip(policy, torch.bincount(choice, minlength=len(policy)).tolist()):
             stop = start + count
             if count and name != "identity":
                 grouped[start:stop] = OPS[name](grouped[start:stop], magnitude[start:stop])
             start = stop
-        images = grouped.index_select(0, torch.argsort(order))
+        images = grouped.index_select(0, inverse)
     return images
 
 
@@ -268,9 +285,9 @@ def _cutout(images: Tensor, generator: torch.Generator, fraction: float) -> Tens
     n, _, h, w = images.shape
     side = ((1.0 - torch.rand(n, generator=generator)) * fraction * min(h, w)).ceil()
     centre = torch.rand(n, 2, generator=generator) * torch.tensor([h, w])
-    start = (centre - side[:, None] / 2).floor()
-    stop = start + side[:, None]
-    rows, cols = torch.arange(h), torch.arange(w)
+    start = (centre - side[:, None] / 2).floor().to(images.device, non_blocking=True)
+    stop = start + side.to(images.device, non_blocking=True)[:, None]
+    rows, cols = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
     in_rows = (rows >= start[:, :1]) & (rows < stop[:, :1])
     in_cols = (cols >= start[:, 1:]) & (cols < stop[:, 1:])
     return images.masked_fill_(in_rows[:, None, :, None] & in_cols[:, None, None, :], CUTOUT_FILL)
@@ -291,4 +308,4 @@ def apply_op(images: Tensor, op: str, magnitude: float) -> Tensor:
     _check_images(images)
     if op not in OPS:
         raise ValueError(f"unknown augment op {op!r}; known ops: {sorted(OPS)}")
-    return OPS[op](images, torch.full((len(images),), float(magnitude)))
+    return OPS[op](images, torch.full((len(images),), float(magnitude), device=images.device))

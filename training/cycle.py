@@ -15,6 +15,8 @@ from anomalymatch.labels import Label, LabelTable
 from anomalymatch.metrics import compute_metrics, rank_order
 from training.trainer import FixMatchTrainer, StepStats
 
+STEP_LOG_GROUP = 50  # training steps whose statistics are read and logged together (one GPU wait each)
+
 
 @dataclass
 class LabelledPool:
@@ -123,8 +125,10 @@ def run_cycle(
     labelled = images[state.labelled_idx]
     pool = images[state.pool_idx]
 
-    def on_step(s: StepStats) -> None:
-        if tracker is not None:
+    unlogged: list[StepStats] = []  # read in groups: reading a step's statistics waits for the GPU
+
+    def log_steps() -> None:
+        for s in unlogged:
             tracker.log_step(
                 s.iteration,
                 {
@@ -135,18 +139,29 @@ def run_cycle(
                     "pseudo_anomaly_rate": s.pseudo_anomaly_rate,
                 },
             )
+        unlogged.clear()
+
+    def on_step(s: StepStats) -> None:
+        if tracker is not None:
+            unlogged.append(s)
+            if len(unlogged) >= STEP_LOG_GROUP:
+                log_steps()
 
     t0 = time.perf_counter()
-    history = trainer.train(
-        labelled,
-        state.labelled_y,
-        pool,
-        iterations,
-        on_step=on_step,
-        checkpoint_path=checkpoint_path,
-        checkpoint_every=cfg.checkpoint_every,
-        progress=progress,
-    )
+    try:
+        history = trainer.train(
+            labelled,
+            state.labelled_y,
+            pool,
+            iterations,
+            on_step=on_step,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=cfg.checkpoint_every,
+            progress=progress,
+        )
+    finally:  # the steps taken before an interruption are logged too
+        if tracker is not None:
+            log_steps()
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()

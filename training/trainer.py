@@ -1,5 +1,12 @@
 """FixMatch training loop: one trainer object carries the model, its EMA, the optimiser and the
-random state across active-learning cycles, and checkpoints all of it to safetensors."""
+random state across active-learning cycles, and checkpoints all of it to safetensors.
+
+On a GPU a step moves each uint8 batch (labelled, unlabelled) to the device once, from pinned memory,
+augments it there, runs the forward passes under bf16 autocast when ``fixmatch.precision`` is "bf16"
+(the loss in float32), and never waits for the device: the random parameters come from the CPU
+generator and the step's statistics stay on the device until read (``StepStats``). With
+``fixmatch.deterministic`` (default) cuDNN and PyTorch pick deterministic kernels, so one machine
+repeats a seeded run exactly (PyTorch warns about any op without a deterministic kernel)."""
 
 from __future__ import annotations
 
@@ -7,7 +14,6 @@ import copy
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +30,34 @@ from training.sampler import UnlabelledStream, labelled_batch
 CHECKPOINT_FORMAT = "anomalymatch-checkpoint-1"  # optimiser momentum keyed by parameter name
 
 
-@dataclass(frozen=True)
 class StepStats:
-    iteration: int
-    loss: float
-    supervised: float
-    unsupervised: float
-    mask_rate: float
-    pseudo_anomaly_rate: float
-    lr: float
+    """One step's statistics. The loss terms are one small tensor on the training device until a field is
+    first read (which waits for that step to finish), so steps nobody reads never synchronise."""
+
+    __slots__ = ("iteration", "lr", "_values", "_host")
+    FIELDS = ("loss", "supervised", "unsupervised", "mask_rate", "pseudo_anomaly_rate")
+
+    def __init__(self, iteration: int, values: torch.Tensor, lr: float) -> None:
+        self.iteration, self.lr, self._values = iteration, lr, values
+        self._host: list[float] | None = None
+
+    def _get(self, k: int) -> float:
+        if self._host is None:
+            self._host = [float(v) for v in self._values.tolist()]
+            self._values = None
+        return self._host[k]
+
+    loss = property(lambda self: self._get(0))
+    supervised = property(lambda self: self._get(1))
+    unsupervised = property(lambda self: self._get(2))
+    mask_rate = property(lambda self: self._get(3))
+    pseudo_anomaly_rate = property(lambda self: self._get(4))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"iteration": self.iteration, **{f: self._get(k) for k, f in enumerate(self.FIELDS)}, "lr": self.lr}
+
+    def __repr__(self) -> str:
+        return f"StepStats({self.to_dict()})"
 
 
 def augment_config(cfg: FixMatchConfig) -> AugmentConfig:
@@ -87,6 +112,17 @@ def parameter_groups(model: nn.Module, cfg: FixMatchConfig) -> list[dict]:
     return out
 
 
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels on CUDA (cuDNN without autotuning, cuBLAS with a fixed workspace); process-wide
+    by PyTorch's design. Ops without a deterministic kernel warn instead of failing."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def select_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -101,6 +137,8 @@ class FixMatchTrainer:
     ) -> None:
         self.cfg = cfg
         self.device = select_device(device)
+        if cfg.deterministic:
+            make_deterministic(self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -123,6 +161,17 @@ class FixMatchTrainer:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
+    def _upload(self, images: np.ndarray) -> torch.Tensor:
+        """A uint8 NHWC batch as uint8 NCHW on the training device: one copy, from pinned memory on CUDA."""
+        x = to_nchw(images)
+        if self.device.type == "cpu":
+            return x
+        return x.pin_memory().to(self.device, non_blocking=True)
+
+    def _autocast(self):  # type: ignore[no-untyped-def]
+        """bf16 autocast for the forward passes when ``fixmatch.precision`` is "bf16" (a no-op for "fp32")."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     def step(self, labelled: np.ndarray, y: np.ndarray, unlabelled: np.ndarray) -> StepStats:
         """One FixMatch iteration. ``labelled``/``unlabelled`` are uint8 NHWC arrays (the whole sets;
         batches are drawn here), ``y`` holds 1 for anomaly, 0 for nominal."""
@@ -130,24 +179,26 @@ class FixMatchTrainer:
         if self.stream is None or self.stream.n != len(unlabelled):
             self.stream = UnlabelledStream(len(unlabelled), self.generator)
         lb_idx = labelled_batch(y, cfg.batch_size, self.generator, cfg.oversample)
-        x_lb = weak_augment(to_nchw(labelled[lb_idx]), self.generator, self.augment)
-        y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64, device=self.device)
+        x_lb = weak_augment(self._upload(labelled[lb_idx]), self.generator, self.augment)
+        y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64).to(self.device, non_blocking=True)
         n_u = cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0
         u_idx = self.stream.next(n_u)
         self._train_mode()
         logits_uw = None
         if len(u_idx):
-            x_u = to_nchw(unlabelled[u_idx])
+            x_u = self._upload(unlabelled[u_idx])
             x_uw = weak_augment(x_u, self.generator, self.augment)
             x_us = strong_augment(x_u, self.generator, self.augment)
             # The weak view only yields (detached) pseudo-labels, so it needs no backward pass: a
             # separate no-grad forward (BatchNorm still in training mode) saves about a third of a step.
-            with torch.no_grad():
-                logits_uw = self.model(self._to_device(x_uw))
+            with torch.no_grad(), self._autocast():
+                logits_uw = self.model(self._to_device(x_uw)).float()
             x = torch.cat([x_lb, x_us])
         else:
             x = x_lb
-        logits = self.model(self._to_device(x))
+        with self._autocast():
+            logits = self.model(self._to_device(x))
+        logits = logits.float()  # the loss in float32 whatever the forward's precision
         n_lb = len(lb_idx)
         logits_lb, logits_us = logits[:n_lb], logits[n_lb:]
         if logits_uw is None:
@@ -158,15 +209,10 @@ class FixMatchTrainer:
         self.optimizer.step()
         self.ema.update(self.model, self.iteration)
         self.iteration += 1
-        return StepStats(
-            iteration=self.iteration,
-            loss=float(parts.total.detach()),
-            supervised=float(parts.supervised),
-            unsupervised=float(parts.unsupervised),
-            mask_rate=float(parts.mask_rate),
-            pseudo_anomaly_rate=float(parts.pseudo_anomaly_rate),
-            lr=self.optimizer.param_groups[-1]["lr"],  # the head's
-        )
+        values = torch.stack(
+            [parts.total.detach(), parts.supervised, parts.unsupervised, parts.mask_rate, parts.pseudo_anomaly_rate]
+        ).float()
+        return StepStats(self.iteration, values, self.optimizer.param_groups[-1]["lr"])  # lr: the head's
 
     def train(
         self,
@@ -199,7 +245,8 @@ class FixMatchTrainer:
                 on_step(stats)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss:.3f}", mask=f"{stats.mask_rate:.2f}")
+                if i % 10 == 9 or i == iterations - 1:  # reading the stats waits for the device
+                    bar.set_postfix(loss=f"{stats.loss:.3f}", mask=f"{stats.mask_rate:.2f}")
             if checkpoint_path and checkpoint_every and (i + 1) % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_path)
         if bar is not None:
