@@ -159,6 +159,7 @@ class RegistryConfig:
     parity_tolerance: float = 1e-4
     parity_top_k: int = 100
     parity_sample: int = 1000  # pool images scored by torch and ONNX for the parity check; 0 = all
+    fp16: bool = False  # also export an fp16 variant, kept only if it scores like fp32 (registry.fp16)
     lock_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class ServingConfig:
     reload_interval_s: float = 30.0
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default
     providers: tuple[str, ...] = ()  # empty = CUDA then CPU, whichever this onnxruntime offers
+    precision: str = "fp32"  # "fp16": a version's fp16 variant that passed parity; "auto": fp16 on CUDA only
     bulk_batch_size: int = 256
     bulk_shard_rows: int = 65_536
     top_n: int = 1000
@@ -212,6 +214,8 @@ class ServingConfig:
             raise ValueError("serving.max_upload_bytes, max_images_per_request and max_image_pixels must be >= 1")
         if self.bulk_batch_size < 1 or self.bulk_shard_rows < 1 or self.top_n < 0:
             raise ValueError("serving.bulk_batch_size and bulk_shard_rows must be >= 1, serving.top_n >= 0")
+        if self.precision not in ("fp32", "fp16", "auto"):
+            raise ValueError(f"serving.precision must be fp32, fp16 or auto, got {self.precision!r}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"serving.port must be in 0..65535 (0: any free port), got {self.port}")
 

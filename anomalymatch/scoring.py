@@ -14,6 +14,7 @@ from anomalymatch.preprocessing import PreprocessSpec
 
 SPEC_KEY = "anomalymatch.preprocess_spec"
 VERSION_KEY = "anomalymatch.model_version"
+PRECISION_KEY = "anomalymatch.precision"  # "fp32" or "fp16" (the half-precision variant); absent = fp32
 EMBEDDING_OUTPUT = "embedding"  # the pooled-features output of models exported with embeddings
 
 
@@ -69,6 +70,7 @@ class OnnxScorer:
             raise ValueError(f"{path} has no {SPEC_KEY} metadata: export it with registry.export_onnx")
         self.spec = PreprocessSpec.from_json(meta[SPEC_KEY])
         self.model_version = meta.get(VERSION_KEY, "")
+        self.precision = meta.get(PRECISION_KEY, "fp32")
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.score_output = outputs[0]

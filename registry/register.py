@@ -64,6 +64,7 @@ class Registration:
     gate: GateResult
     challenger: bool  # the `challenger` alias now points here
     promotion: AliasMove | None  # set when this version became champion
+    fp16: ParityResult | None = None  # the fp16 variant's check (registry.fp16), None when not made
 
 
 def _labels_csv(ids: Sequence[str], y: Sequence[int]) -> bytes:
@@ -242,6 +243,9 @@ def register_cycle(
                 save_as_external_data=False,
             )  # one self-contained model.onnx
             client.log_artifacts(run_id, str(tmp / "model"), MODEL_ARTIFACT)
+            fp16 = None
+            if cfg.fp16 and parity.passed:
+                fp16 = _fp16_variant(client, name, version, run_id, cpu_model, onnx_path, sample, tmp)
             client.set_model_version_tag(name, version, PARITY_DETAIL, parity.reason)
             client.set_model_version_tag(name, version, PARITY, PASSED if parity.passed else "failed")
             if parity.passed:
@@ -276,7 +280,20 @@ def register_cycle(
                 client.set_model_version_tag(
                     name, version, GATE_REASON, f"{gate.reason} (champion changed to {still} meanwhile: not promoted)"
                 )
-    return Registration(version, parity, gate, is_challenger, promotion)
+    return Registration(version, parity, gate, is_challenger, promotion, fp16)
+
+
+def _fp16_variant(client, name, version, run_id, model, onnx_path: Path, sample: ImageSet, tmp: Path) -> ParityResult:  # type: ignore[no-untyped-def]
+    """The fp16 variant (``registry.fp16``): an export or scoring error fails the variant, not the version."""
+    from registry.fp16 import FP16_PARITY, FP16_PARITY_DETAIL, register_fp16_variant
+
+    try:
+        return register_fp16_variant(client, name, version, run_id, model, onnx_path, sample.images, sample.ids, tmp)
+    except (RuntimeError, ValueError, OSError) as exc:
+        reason = f"fp16 export or scoring failed, fp32 only: {type(exc).__name__}: {exc}"[:4000]
+        client.set_model_version_tag(name, version, FP16_PARITY_DETAIL, reason)
+        client.set_model_version_tag(name, version, FP16_PARITY, "failed")
+        return ParityResult(False, float("inf"), len(sample.ids), 0, False, 0.0, reason)
 
 
 def _json_safe_nested(d: dict) -> dict:

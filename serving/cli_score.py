@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-rows", type=int, help="scored images per committed shard (default 65536)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers to try in order (default CUDA, CPU)")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "auto"],
+        help="fp16: the version's fp16 variant if it passed parity; auto: fp16 on CUDA only (default fp32)",
+    )
+    p.add_argument(
         "--embeddings",
         action="store_true",
         help="also store each image's pooled features (float16) for 'anomalymatch similar --bulk'; "
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from anomalymatch.catalogue import CatalogueError
     from anomalymatch.config import load_config
     from anomalymatch.model_ref import resolve_model, resolve_tracking_uri
+    from anomalymatch.precision import choose_precision, scoring_providers
     from anomalymatch.scoring import OnnxScorer
     from serving.bulk import MANIFEST, BulkJob, JobMismatch, read_manifest
     from serving.bulk_top import catalogue_from_file, catalogue_from_store
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "serving.bulk_shard_rows": args.shard_rows,
             "serving.providers": args.providers,
+            "serving.precision": getattr(args, "precision", None),
         },
     )
     serving, out = config.serving, Path(args.out)
@@ -122,11 +129,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
+        choice = choose_precision(
+            model,
+            serving.precision,
+            scoring_providers(serving.providers),
+            tracking_uri,
+            config.data_path / "serving" / "models",
+        )
         scorer = OnnxScorer(
-            model.path, providers=serving.providers or None, threads=serving.threads, spinning=False
+            choice.path, providers=serving.providers or None, threads=serving.threads, spinning=False
         )  # decode threads share the CPU
         version = model.version or served_name(model.path)
-        print(f"model {model.ref.text} -> version {version} on {', '.join(scorer.providers)}")
+        print(
+            f"model {model.ref.text} -> version {version} ({choice.precision}: {choice.reason}) "
+            f"on {', '.join(scorer.providers)}"
+        )
         job = BulkJob(
             args.source,
             out,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalymatch.model_ref import ModelRef, current_version, parse_model_ref, resolve_model
+from anomalymatch.model_ref import ModelRef, ResolvedModel, current_version, parse_model_ref, resolve_model
+from anomalymatch.precision import choose_precision, scoring_providers
 from anomalymatch.scoring import OnnxScorer
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class LoadedModel:
     scorer: OnnxScorer
     version: str
     path: Path
+    precision: str = "fp32"
+    precision_reason: str = ""
 
     def info(self) -> dict:
         spec = self.scorer.spec
@@ -42,6 +45,8 @@ class LoadedModel:
             },
             "preprocess": spec.to_dict(),
             "path": str(self.path),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
 
@@ -71,16 +76,22 @@ class LiveModel:
         reload_interval_s: float = 30.0,
         providers: Sequence[str] = (),
         threads: int = 0,
+        precision: str = "fp32",
     ) -> None:
+        self.precision = precision  # serving.precision: fp32 | fp16 | auto (anomalymatch.precision)
         self.ref = parse_model_ref(ref, registered_model) if isinstance(ref, str) else ref
         self.tracking_uri, self.cache_dir = tracking_uri, Path(cache_dir)
         self.providers, self.threads = tuple(providers), threads
         self.reload_interval_s = reload_interval_s
         self.reload_error = ""
         resolved = resolve_model(self.ref, tracking_uri, self.cache_dir)
-        self.current = load_scorer(resolved.path, resolved.version, self.providers, threads)
+        self.current = self._load(resolved)
         log.info(
-            "serving model %s version %s on %s", self.ref.text, self.current.version, self.current.scorer.providers
+            "serving model %s version %s (%s) on %s",
+            self.ref.text,
+            self.current.version,
+            self.current.precision,
+            self.current.scorer.providers,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,10 +107,17 @@ class LiveModel:
         resolved = resolve_model(
             ModelRef(self.ref.text, name=self.ref.name, version=version), self.tracking_uri, self.cache_dir
         )
-        loaded = load_scorer(resolved.path, version, self.providers, self.threads)
+        loaded = self._load(resolved)
         previous, self.current = self.current, loaded  # one attribute store: atomic for readers
         log.info("alias %s moved: now serving version %s (was %s)", self.ref.text, version, previous.version)
         return True
+
+    def _load(self, resolved: ResolvedModel) -> LoadedModel:
+        choice = choose_precision(
+            resolved, self.precision, scoring_providers(self.providers), self.tracking_uri, self.cache_dir
+        )
+        loaded = load_scorer(choice.path, resolved.version, self.providers, self.threads)
+        return LoadedModel(loaded.scorer, loaded.version, loaded.path, choice.precision, choice.reason)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.reload_interval_s):

@@ -89,6 +89,7 @@ class AnomalyMatchService:
             SERVING.reload_interval_s,
             SERVING.providers,
             SERVING.threads,
+            SERVING.precision,
         )
         self.limits = UploadLimits(SERVING.max_images_per_request, SERVING.max_upload_bytes, SERVING.max_image_pixels)
         self.decode_pool = ThreadPoolExecutor(decode_threads(CONFIG.workers), thread_name_prefix="anomalymatch-upload")
