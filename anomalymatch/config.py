@@ -270,8 +270,8 @@ class RetrainConfig:
     pretrained: bool = True  # no champion yet: start from ImageNet weights (False: random, for tests)
     device: str = "auto"
     embeddings: bool = True  # store the feature vectors of the images each retrain held ("more like this")
-    min_anomalies: int = 3  # no retrain before this many images are labelled anomaly (the cold-start queue
-    #                         serves until then; ``--force`` overrides)
+    min_anomalies: int = 3  # while there is no trained champion (none, or a cold-start ranking), no retrain
+    #                         before this many images are labelled anomaly (``--force`` overrides)
 
     def __post_init__(self) -> None:
         if self.min_labels < 1 or self.max_wait_minutes < 0 or self.poll_s <= 0:

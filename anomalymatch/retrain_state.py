@@ -54,6 +54,7 @@ class RetrainState:
     pid: int = 0
     host: str = ""
     watcher_seen_at: str = ""
+    trained_champion: bool = False  # the champion is a trained model (not none, not a cold-start ranking)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,11 +129,11 @@ def evaluate(state: RetrainState, store: LabelStore, cfg: RetrainConfig, now: da
     """The status as the service and the CLI report it, plus ``due`` (why a retrain should start, or '')."""
     n_new, waited = pending(store, state.trained_seq, now)
     due = retrain_due(n_new, waited, cfg.min_labels, cfg.max_wait_minutes)
-    anomalies = None
-    if due:  # counted only then: the status is polled often and the count reads every current label
-        anomalies = store.label_counts()["anomalies"]
-        if anomalies < cfg.min_anomalies:
-            due = ""
+    waiting_for_anomalies = False
+    if due and not state.trained_champion:  # cold start: FixMatch needs a few anomalies to start from
+        # counted only then: the status is polled often and the count reads every current label
+        waiting_for_anomalies = store.label_counts()["anomalies"] < cfg.min_anomalies
+        due = "" if waiting_for_anomalies else due
     error = state.last_error
     recorded = state.status
     if recorded == RetrainStatus.RUNNING.value and not _alive(state):
@@ -158,7 +159,7 @@ def evaluate(state: RetrainState, store: LabelStore, cfg: RetrainConfig, now: da
         "oldest_new_label_waited_s": round(waited, 1),
         "min_labels": cfg.min_labels,
         "min_anomalies": cfg.min_anomalies,
-        "waiting_for_anomalies": anomalies is not None and anomalies < cfg.min_anomalies,
+        "waiting_for_anomalies": waiting_for_anomalies,
         "max_wait_minutes": cfg.max_wait_minutes,
         "last_version": state.last_version,
         "last_promoted": state.last_promoted,

@@ -21,6 +21,7 @@ score and the scale putting the median at 0.1: 0.5 means "as unusual as the pool
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ def _embedder(spec, pretrained: bool, tmp: Path):
 
 def run_coldstart(config, store, examples: list[str] | None = None, progress: bool = False) -> ColdStartOutcome:
     """Embed the campaign's pool sample with the ImageNet model, register the cold-start model, store its
-    scores and embeddings; promoted to champion only when the registry has none."""
+    scores and embeddings; promoted to champion only when the champion is not a trained model (none yet,
+    or an earlier cold start)."""
     import tempfile
 
     from anomalymatch.campaign_images import campaign_images
@@ -128,6 +130,7 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
     from anomalymatch.loader import load_images
     from anomalymatch.sources import open_sources
     from registry.register import ImageSet, register_cycle
+    from registry.store import CHAMPION, get_aliases, is_coldstart, mlflow_client
     from training.inputs import sample_pool
     from training.tracking import RunTracker, sha256_bytes
 
@@ -138,8 +141,10 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
     with tempfile.TemporaryDirectory(prefix="anomalymatch-coldstart-") as tmp:
         model, scorer = _embedder(spec, cfg.retrain.pretrained, Path(tmp))
         with campaign.open() as source:
-            labelled = [i for i in current.ids if i in set(source.ids)]
-            pool_ids = sample_pool([i for i in source.ids if i not in set(labelled)], cfg.cycle.pool_sample, 0)
+            in_campaign = set(source.ids)
+            labelled = [i for i in current.ids if i in in_campaign]
+            taken = set(labelled)
+            pool_ids = sample_pool([i for i in source.ids if i not in taken], cfg.cycle.pool_sample, 0)
             pool = load_images(source, spec, ids=pool_ids, workers=cfg.workers, progress=progress)
             held = load_images(source, spec, ids=labelled, workers=cfg.workers, progress=progress)
         if len(pool.ids) == 0:
@@ -161,6 +166,12 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
     held_y = np.asarray([1 if label_of[i] is Label.ANOMALY else 0 for i in held.ids], dtype=np.int64)
     pool_ids_arr = np.asarray(pool.ids, dtype=object)
     tracker = RunTracker(cfg.tracking, cfg.data_path)
+    client = mlflow_client(tracker.tracking_uri)
+    champion = get_aliases(client, cfg.tracking.registered_model).get(CHAMPION)
+    replaceable = champion is None or is_coldstart(
+        client.get_model_version(cfg.tracking.registered_model, champion).tags
+    )
+    registry_cfg = dataclasses.replace(cfg.registry, auto_promote=cfg.registry.auto_promote and replaceable)
     tags = {"anomalymatch.kind": COLDSTART, "anomalymatch.coldstart_mode": head.mode}
     params = {"coldstart.mode": head.mode, "coldstart.n_examples": len(example_emb) if example_emb is not None else 0}
     with tracker.parent_run(f"coldstart-{campaign.name}", {**cfg.to_dict(), **params}, tags) as run_id:
@@ -188,7 +199,7 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
             train=ImageSet(None, np.asarray([], dtype=object), np.asarray([], dtype=np.int64)),
             tracking_uri=tracker.tracking_uri,
             name=cfg.tracking.registered_model,
-            cfg=cfg.registry,
+            cfg=registry_cfg,
         )
     store.add_scores(reg.version, [str(i) for i in pool.ids], scores)
     EmbeddingSet.from_vectors(
@@ -199,6 +210,8 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
         reason = "no champion yet: the cold-start ranking serves until the first trained model"
     elif not reg.parity.passed:
         reason = f"parity failed: {reg.parity.reason}"
+    elif not replaceable:
+        reason = f"champion {champion} is a trained model, which stays (promote by hand to go back to a cold start)"
     else:
-        reason = f"a champion exists, which stays (gate {reg.gate.decision.value}: {reg.gate.reason})"
+        reason = f"gate {reg.gate.decision.value}: {reg.gate.reason}"
     return ColdStartOutcome(reg.version, head.mode, len(pool.ids), promoted, reason, run_id)

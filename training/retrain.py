@@ -141,6 +141,7 @@ class RetrainWatcher:
                 state.status, state.failures = RetrainStatus.FAILED.value, state.failures + 1
                 state.last_error = f"the retrain started at {state.started_at} by process {state.pid} was interrupted"
             state.watcher_seen_at = now_iso()
+            state.trained_champion = self._champion_is_trained()
             report = evaluate(state, self.store, self.config.retrain)
             seq = self.store.last_seq()
             if seq == 0 or not (force or report["due"]):
@@ -172,6 +173,16 @@ class RetrainWatcher:
             state.last_reason, state.last_run_id = outcome.reason, outcome.run_id
             write_state(self.state_file, state)
             return outcome
+
+    def _champion_is_trained(self) -> bool:
+        """Whether the registry's champion is a trained model (``retrain.min_anomalies`` applies until then)."""
+        from anomalymatch.model_ref import resolve_tracking_uri
+        from registry.store import CHAMPION, get_aliases, is_coldstart, mlflow_client
+
+        client = mlflow_client(resolve_tracking_uri(self.config.tracking.tracking_uri, self.config.data_path))
+        name = self.config.tracking.registered_model
+        champion = get_aliases(client, name).get(CHAMPION)
+        return champion is not None and not is_coldstart(client.get_model_version(name, champion).tags)
 
     # -- one retrain ------------------------------------------------------------------------------------------
     def _retrain(self, seq: int, reason: str) -> RetrainOutcome:

@@ -485,6 +485,7 @@ async function refreshDashboard() {
   $("#d-retrain").innerHTML = `<table class="data"><tr><td>status</td><td id="d-status">${esc(r.status)}</td></tr>
     <tr><td>last version</td><td>${esc(r.last_version ?? "-")}</td></tr>
     <tr><td>new labels waiting</td><td>${esc(r.new_labels)} (retrain at ${esc(r.min_labels)})</td></tr>
+    ${r.waiting_for_anomalies ? `<tr><td>cold start</td><td>the first model trains once ${esc(r.min_anomalies)} anomalies are labelled</td></tr>` : ""}
     <tr><td>last gate</td><td>${esc(r.last_gate || "-")}${r.last_promoted ? " (promoted)" : ""}</td></tr>
     ${r.last_error ? `<tr><td>last error</td><td class="error">${esc(r.last_error)}</td></tr>` : ""}</table>`;
   $("#d-activity").innerHTML = activityChart(d.activity);

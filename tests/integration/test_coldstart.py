@@ -123,3 +123,7 @@ def test_outlierness_then_fixmatch_takes_over_once_enough_anomalies_are_labelled
     version, tags = _champion(config)
     assert version == handover.version and tags.get("kind") != "coldstart"
     assert tags["parent_version"] == outcome.version
+
+    again = run_coldstart(config, store)  # a cold start never replaces a trained champion
+    assert not again.promoted and "trained model" in again.reason, again.reason
+    assert _champion(config)[0] == handover.version

@@ -207,6 +207,9 @@ def test_due_rules_and_status_transitions(tmp_path):
     assert evaluate(read_state(path), store, cfg, now=later)["status"] == "queued"  # waited long enough
     waiting = evaluate(read_state(path), store, dataclasses.replace(cfg, min_anomalies=2), now=later)
     assert waiting["status"] == "idle" and waiting["waiting_for_anomalies"]  # cold start: too few anomalies yet
+    trained = dataclasses.replace(read_state(path), trained_champion=True)  # a trained champion retrains anyway
+    report = evaluate(trained, store, dataclasses.replace(cfg, min_anomalies=2), now=later)
+    assert report["status"] == "queued" and not report["waiting_for_anomalies"]
     store.add_labels([LabelEntry("b.png", "nominal")])
     assert evaluate(read_state(path), store, cfg)["status"] == "queued"
 
