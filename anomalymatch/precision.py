@@ -70,6 +70,15 @@ def choose_precision(
             f"{model.ref.text} is a local file: it carries no fp16 parity record (give the fp16 file itself as "
             "the model, or a registered version)",
         )
+    try:
+        return _registered_fp16(model, tracking_uri, cache_dir, wanted, fp32)
+    except Exception as exc:  # MlflowException, OSError: the registry or its artifacts are unreachable
+        return _fallback(
+            fp32, f"the fp16 variant of version {model.version} is unavailable ({type(exc).__name__}: {exc})"
+        )
+
+
+def _registered_fp16(model, tracking_uri, cache_dir, wanted, fp32):  # type: ignore[no-untyped-def]
     client = mlflow_client(tracking_uri)
     mv = client.get_model_version(model.ref.name, model.version)
     verdict = mv.tags.get(FP16_PARITY)

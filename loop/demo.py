@@ -276,7 +276,11 @@ class DemoLoop:
         found = [r.image_id for r in self.store.history() if r.user == "demo-expert" and r.label is Label.ANOMALY]
         if not found:
             return
-        rows = self.client.similar(found[0], k=k, unlabelled=True)
+        try:
+            rows = self.client.similar(found[0], k=k, unlabelled=True)
+        except Exception as exc:  # e.g. 404: no stored features for it; the demo's result stands
+            print(f"more like this: not available ({exc})")
+            return
         bent = sum(self.class_of[r["image_id"]] == "Bent" for r in rows)
         base = sum(self.class_of[i] == "Bent" for i in unlabelled) / max(len(unlabelled), 1)
         print(

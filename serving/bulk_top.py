@@ -13,6 +13,7 @@ The catalogue is a callable ``ids -> {id: CatalogueRow}`` so a job can take it f
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from anomalymatch.catalogue import CatalogueRow, read_catalogue, sky_links
 from anomalymatch.csv_cells import SafeCsvWriter
 
+log = logging.getLogger(__name__)
 Catalogue = Callable[[Sequence[str]], Mapping[str, CatalogueRow]]
 TOP_COLUMNS = ["rank", "id", "score", "model_version", "source"]
 LINK_COLUMNS = list(sky_links(0.0, 0.0))  # esasky, legacysurvey
@@ -41,8 +43,12 @@ def catalogue_from_store(labelstore_config, data_dir: str | os.PathLike) -> Cata
         return None
 
     def lookup(ids: Sequence[str]) -> Mapping[str, CatalogueRow]:
-        with LabelStore.from_config(labelstore_config, data_dir) as store:
-            return store.catalogue_for(ids)
+        try:
+            with LabelStore.from_config(labelstore_config, data_dir) as store:
+                return store.catalogue_for(ids)
+        except Exception as exc:  # the store is down or locked: the scores stand, top.csv goes without it
+            log.warning("top.csv without catalogue columns: the label store's catalogue is unreadable (%s)", exc)
+            return {}
 
     return lookup
 

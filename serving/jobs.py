@@ -151,6 +151,7 @@ class BulkJobs:
                 shard_rows=self.shard_rows,
                 top_n=top_n,
                 roots=self.data_roots,
+                catalogue=self.catalogue,
             )
         except ImportError as exc:
             raise RequestError(501, f"{exc} on the service's machine") from exc

@@ -85,6 +85,9 @@ def _pick_images(path: Path, found: dict[str, Any], wanted: str | None) -> str:
             return by_lower[candidate]
     if len(usable) == 1:
         return usable[0]
+    few_bands = [n for n in usable if _is_encoded(found[n]) or found[n].ndim == 3 or min(found[n].shape[1::2]) <= 4]
+    if len(few_bands) == 1:  # e.g. images beside a multi-band mask cube: the 1-4 channel one, as before
+        return few_bands[0]
     listing = ", ".join(f"{n} {found[n].shape} {found[n].dtype}" for n in sorted(found)) or "none"
     if not usable:
         raise SourceError(

@@ -122,6 +122,10 @@ def test_hdf5_dataset_names_can_be_given_and_errors_are_clear(hdf5_files, tmp_pa
     with pytest.raises(SourceError, match="images=NAME"):
         open_source(path)
     assert len(open_source(path, images="b")) == 2
+    with h5py.File(tmp_path / "masked.h5", "w") as f:  # cutouts beside a 6-plane mask cube: the cutouts
+        f["cutouts_g"] = np.zeros((2, 8, 8, 3), np.uint8)
+        f["mask"] = np.zeros((2, 8, 8, 6), np.uint8)
+    assert open_source(tmp_path / "masked.h5").images_dataset == "cutouts_g"
 
 
 def test_hdf5_duplicate_ids_are_rejected(tmp_path):
