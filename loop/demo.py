@@ -271,9 +271,10 @@ class DemoLoop:
         return [row["filename"] for row in rows]
 
     def more_like_this(self, unlabelled: list[str], k: int = 20) -> None:
-        """ "More like this" on the first Bent source the expert found: its nearest unlabelled neighbours
-        by the served model's features, against the Bent share of all unlabelled images."""
-        found = [r.image_id for r in self.store.history() if r.user == "demo-expert" and r.label is Label.ANOMALY]
+        """More like this: the nearest unlabelled neighbours of a Bent source the expert found (else of one of
+        the starting labels) by the served model's features, against the Bent share of all unlabelled images."""
+        anomalies = [r for r in self.store.history() if r.label is Label.ANOMALY]
+        found = [r.image_id for r in anomalies if r.user == "demo-expert"] + [r.image_id for r in anomalies]
         if not found:
             return
         try:

@@ -50,6 +50,7 @@ def test_demo_runs_the_labelling_loop_and_registers_both_versions(tmp_path):
     retrain = re.search(r"retrain: version 2 (promoted|not promoted) \((.+)\)", out)
     assert retrain, out[-3000:]
     assert re.search(r"version 1: precision@1% [\d.]+, AUROC [\d.]+", out)
+    assert re.search(r"more like this: the 20 unlabelled images most like Bent source \S+ hold \d+ Bent", out), out
     assert "service stopped" in out
 
     client = mlflow.MlflowClient(f"sqlite:///{home.resolve() / 'mlflow.db'}")
