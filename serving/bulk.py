@@ -332,11 +332,7 @@ class BulkJob:
             m.progress.status, m.progress.error = "running", ""
             self.progress = m.progress
             self._save(m)
-            started, done_before = time.monotonic(), m.progress.scored
-            for k, source in enumerate(opened):
-                self._run_source(m, k, source, started, done_before)
-                if self._cancel.is_set():
-                    break
+            self._score_sources(m, opened)
             cancelled = self._cancel.is_set()
             if not cancelled:
                 self._write_reports(m)  # before "done": a poller that sees done finds top.csv and errors.csv
@@ -349,6 +345,14 @@ class BulkJob:
         finally:
             for s in opened:
                 s.close()
+
+    def _score_sources(self, m: _Manifest, opened: list) -> None:  # type: ignore[type-arg]
+        """Score every source's uncommitted entries, committing as it goes (the engine's part of ``run``)."""
+        started, done_before = time.monotonic(), m.progress.scored
+        for k, source in enumerate(opened):
+            self._run_source(m, k, source, started, done_before)
+            if self._cancel.is_set():
+                break
 
     def _run_source(self, m: _Manifest, k: int, source, started: float, done_before: int) -> None:  # type: ignore[no-untyped-def]
         state = m.sources[k]

@@ -274,40 +274,20 @@ class RayBulkJob(BulkJob):
 
     def run(self) -> BulkProgress:
         """Score every entry not yet committed on the cluster; returns the final progress."""
-        ray = import_ray()
-        from anomalymatch.sources import open_source
+        import_ray()  # a missing Ray is said before anything is written
+        return super().run()
 
-        if self._cancel.is_set():
-            self.progress.status = "cancelled"
-            return self.progress
-        (self.out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    def _score_sources(self, m: _Manifest, opened: list) -> None:  # type: ignore[type-arg]
+        ray = import_ray()
+        for k, source in enumerate(opened):  # nothing to decode: commit its unsupported entries now
+            if not m.sources[k].finished and len(source) == 0:
+                self._commit(m, k, 0, [], [], list(source.unsupported), finished=True)
         owns_ray = not ray.is_initialized()
-        opened = [open_source(p, roots=self.roots) for p in self.sources]
+        if owns_ray:
+            ray.init(address=self.options.address, log_to_driver=False, configure_logging=False)
         try:
-            m = self._open_manifest([len(s) for s in opened])
-            self._remove_orphans(m)
-            m.progress.total = sum(len(s) + len(s.unsupported) for s in opened)
-            m.progress.status, m.progress.error = "running", ""
-            self.progress = m.progress
-            self._save(m)
-            for k, source in enumerate(opened):  # nothing to decode: commit its unsupported entries now
-                if not m.sources[k].finished and len(source) == 0:
-                    self._commit(m, k, 0, [], [], list(source.unsupported), finished=True)
-            if owns_ray:
-                ray.init(address=self.options.address, log_to_driver=False, configure_logging=False)
             self._run_cluster(ray, m, opened)
-            cancelled = self._cancel.is_set()
-            if not cancelled:
-                self._write_reports(m)
-            m.progress.status = "cancelled" if cancelled else "done"
-            self._save(m)
-            return m.progress
-        except BaseException as exc:
-            self.progress.status, self.progress.error = "failed", f"{type(exc).__name__}: {exc}"
-            raise
         finally:
-            for s in opened:
-                s.close()
             if owns_ray and ray.is_initialized():
                 ray.shutdown()
 
