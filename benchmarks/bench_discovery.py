@@ -35,6 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STRATEGIES = ("random", "outlier", "outlier+similar", "coldstart")
+LABELS = {
+    "random": "random order",
+    "outlier": "outlierness only",
+    "outlier+similar": "outlierness, then like found anomalies",
+    "coldstart": "cold start, FixMatch after 3 anomalies",
+}
+COLOURS = {"random": "tab:grey", "outlier": "tab:orange", "outlier+similar": "tab:green", "coldstart": "tab:red"}
 
 
 def _label_top(order: np.ndarray, labelled: np.ndarray, n: int) -> np.ndarray:
@@ -218,12 +225,16 @@ def summary(paths: list[str], plot: str | None, at: tuple[int, ...] = (20, 60, 1
                 per = runs[0]["per_round"]
                 curves = np.array([r["found"] for r in runs], dtype=float)
                 x = per * np.arange(1, curves.shape[1] + 1)
-                ax.plot(x, curves.mean(0), label=strategy)
+                ax.plot(x, curves.mean(0), label=LABELS[strategy], color=COLOURS[strategy])
                 if len(runs) > 1:
-                    ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.15)
+                    ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.15, color=COLOURS[strategy])
             ax.set(title=case, xlabel="labels spent", ylabel="anomalies found")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
+        handles = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
         fig.savefig(plot, dpi=110)
         print(f"plot: {plot}")
 

@@ -108,6 +108,7 @@ class _Manifest:
     top_n: int = 0
     format: int = FORMAT_VERSION
     embeddings: bool = False
+    precision: str = "fp32"  # of the model file that scores it: a job never mixes fp32 and fp16 rows
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -125,6 +126,7 @@ class _Manifest:
             d.get("top_n", 0),
             d.get("format", FORMAT_VERSION),
             d.get("embeddings", False),
+            d.get("precision", "fp32"),
         )
 
 
@@ -213,9 +215,12 @@ class BulkJob:
     def _open_manifest(self, counts: list[int]) -> _Manifest:
         path = self.out_dir / MANIFEST
         spec = self.scorer.spec.to_dict()
+        precision = getattr(self.scorer, "precision", "fp32")
         if not path.is_file():
             states = [_SourceState(p, n) for p, n in zip(self.sources, counts)]
-            return _Manifest(self.model_version, spec, states, top_n=self.top_n, embeddings=self.embeddings)
+            return _Manifest(
+                self.model_version, spec, states, top_n=self.top_n, embeddings=self.embeddings, precision=precision
+            )
         m = _Manifest.load(path)
         where = f"{self.out_dir} holds a bulk job"
         if [s.path for s in m.sources] != self.sources:
@@ -238,6 +243,11 @@ class BulkJob:
             raise JobMismatch(
                 f"{where} started {said} embeddings; resume it {said} --embeddings (every shard of a job holds "
                 "the same columns), or use a new --out folder"
+            )
+        if m.precision != precision:
+            raise JobMismatch(
+                f"{where} scored by the {m.precision} model file; resume it with --precision {m.precision} "
+                "(one job never mixes fp32 and fp16 scores), or use a new --out folder"
             )
         return m
 

@@ -131,6 +131,9 @@ def test_cancel_then_resume_and_refuse_another_model_version(scorer, folder, tmp
     assert read_manifest(out)["progress"]["scored"] == 16
     with pytest.raises(JobMismatch, match="version 7"):
         BulkJob([folder], out, scorer, "8").run()
+    half = type("HalfScorer", (), {"spec": scorer.spec, "precision": "fp16", "score": staticmethod(scorer.score)})()
+    with pytest.raises(JobMismatch, match="fp32 model file"):  # never fp16 rows after fp32 ones
+        BulkJob([folder], out, half, "7").run()
     assert BulkJob([folder], out, scorer, "7", batch_size=8).run().status == "done"
     keys, _, _ = _rows(out)
     assert len(keys) == len(set(keys)) == 90
