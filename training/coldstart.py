@@ -126,6 +126,7 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
 
     from anomalymatch.campaign_images import campaign_images
     from anomalymatch.embeddings import EmbeddingSet, embeddings_path
+    from anomalymatch.errors import TrainingInputError
     from anomalymatch.labels import Label
     from anomalymatch.loader import load_images
     from anomalymatch.sources import open_sources
@@ -148,14 +149,16 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
             pool = load_images(source, spec, ids=pool_ids, workers=cfg.workers, progress=progress)
             held = load_images(source, spec, ids=labelled, workers=cfg.workers, progress=progress)
         if len(pool.ids) == 0:
-            raise ValueError(f"campaign {campaign.name} has no unlabelled image that decodes: nothing to rank")
+            raise TrainingInputError(f"campaign {campaign.name} has no unlabelled image that decodes: nothing to rank")
         pool_emb = scorer.embed(pool.images)
         example_emb = None
         if examples:
             with open_sources(examples) as ex_source:
                 ex = load_images(ex_source, spec, workers=cfg.workers)
             if len(ex.ids) == 0:
-                raise ValueError(f"none of the example images in {examples} could be decoded: {ex.report.summary()}")
+                raise TrainingInputError(
+                    f"none of the example images in {examples} could be decoded: {ex.report.summary()}"
+                )
             example_emb = scorer.embed(ex.images)
         held_emb = scorer.embed(held.images) if len(held.ids) else np.empty((0, pool_emb.shape[1]), np.float32)
     head = build_head(pool_emb, example_emb, k=cfg.coldstart.k, reference=cfg.coldstart.reference, seed=cfg.cycle.seed)

@@ -127,3 +127,16 @@ def test_outlierness_then_fixmatch_takes_over_once_enough_anomalies_are_labelled
     again = run_coldstart(config, store)  # a cold start never replaces a trained champion
     assert not again.promoted and "trained model" in again.reason, again.reason
     assert _champion(config)[0] == handover.version
+
+
+def test_examples_that_do_not_decode_are_refused_by_name(tmp_path, galaxies):
+    from anomalymatch.errors import TrainingInputError
+    from training.coldstart import run_coldstart
+
+    config, store, _, _ = _world(tmp_path, galaxies)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "odd.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated")
+    with pytest.raises(TrainingInputError, match="none of the example images"):
+        run_coldstart(config, store, examples=[str(bad)])
+    assert _champion(config)[0] is None  # nothing registered
