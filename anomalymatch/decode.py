@@ -266,23 +266,27 @@ def _read_tiff(data: bytes) -> np.ndarray:
     return array
 
 
+def _tiff_array_or_image(data: bytes) -> np.ndarray | Image.Image:
+    """tifffile's array, or Pillow's loaded image for codecs tifffile lacks (e.g. JPEG-in-TIFF)."""
+    try:
+        return _read_tiff(data)
+    except Exception as tiff_exc:
+        try:
+            image = _open_pil(data, ImageFormat.TIFF)
+            image.load()
+        except Exception:
+            raise tiff_exc from None
+        return image
+
+
 def _native_rgb(data: bytes, fmt: ImageFormat, stretch: FitsStretch) -> np.ndarray:
     if fmt is ImageFormat.FITS:
         array = read_fits(data)
         return bands_to_rgb(stretch_to_uint8(array, stretch))
-    if fmt is ImageFormat.TIFF:
-        try:
-            array = _read_tiff(data)
-        except Exception as tiff_exc:  # codecs tifffile lacks (e.g. JPEG-in-TIFF): let Pillow try
-            try:
-                image = _open_pil(data, fmt)
-                image.load()
-            except Exception:
-                raise tiff_exc from None
-            return np.asarray(_pil_to_8bit(image, stretch).convert("RGB"))
-        return to_rgb(to_uint8(channel_last(array), stretch))
-    image = _open_pil(data, fmt)
-    return np.asarray(_pil_to_8bit(image, stretch).convert("RGB"))
+    found = _tiff_array_or_image(data) if fmt is ImageFormat.TIFF else _open_pil(data, fmt)
+    if isinstance(found, np.ndarray):
+        return to_rgb(to_uint8(channel_last(found), stretch))
+    return np.asarray(_pil_to_8bit(found, stretch).convert("RGB"))
 
 
 def _native_bands(data: bytes, fmt: ImageFormat) -> np.ndarray:
@@ -290,20 +294,12 @@ def _native_bands(data: bytes, fmt: ImageFormat) -> np.ndarray:
     channels (palette images expanded to RGB)."""
     if fmt is ImageFormat.FITS:
         return read_fits_bands(data)
-    if fmt is ImageFormat.TIFF:
-        try:
-            return channel_last(_read_tiff(data))
-        except Exception as tiff_exc:  # codecs tifffile lacks (e.g. JPEG-in-TIFF): let Pillow try
-            try:
-                image = _open_pil(data, fmt)
-                image.load()
-            except Exception:
-                raise tiff_exc from None
-    else:
-        image = _open_pil(data, fmt)
-    if image.mode in ("P", "PA", "CMYK", "YCbCr"):
-        image = image.convert("RGBA" if image.mode == "PA" else "RGB")
-    return np.asarray(image)
+    found = _tiff_array_or_image(data) if fmt is ImageFormat.TIFF else _open_pil(data, fmt)
+    if isinstance(found, np.ndarray):
+        return channel_last(found)
+    if found.mode in ("P", "PA", "CMYK", "YCbCr"):
+        found = found.convert("RGBA" if found.mode == "PA" else "RGB")
+    return np.asarray(found)
 
 
 def _decode_jpeg_or_png(data: bytes, fmt: ImageFormat, spec: PreprocessSpec, draft: bool) -> np.ndarray:

@@ -260,3 +260,22 @@ def test_the_bomb_guard_has_no_side_doors():
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((1024, 1024), np.float32))]).writeto(buf)
     info = probe_image(gzip.compress(buf.getvalue()), "mef.fits.gz", max_pixels=64_000_000)
     assert info.shape == (1024, 1024)
+
+
+def test_a_jpeg_compressed_tiff_falls_back_to_pillow_for_rgb_and_bands():
+    """tifffile cannot decode JPEG-in-TIFF without imagecodecs; Pillow can, for both decode paths."""
+    import io
+
+    from PIL import Image
+
+    from anomalymatch.decode import decode_image, decode_native
+
+    rng = np.random.default_rng(0)
+    pixels = np.kron(rng.integers(0, 255, (5, 5, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # smooth: JPEG-friendly
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="TIFF", compression="jpeg")
+    data = buf.getvalue()
+    native = decode_native(data, "x.tif")
+    assert native.shape == (40, 40, 3) and np.abs(native.astype(int) - pixels).mean() < 8
+    selecting = PreprocessSpec(size=40, band_matrix=((1, 0, 0), (0, 1, 0), (0, 0, 1)), band_stretch="minmax")
+    assert decode_image(data, "x.tif", selecting).shape == (40, 40, 3)
