@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from anomalymatch.precision import FP16_ARTIFACT, FP16_PARITY, FP16_PARITY_DETAIL
-from registry.parity import ParityResult, compare_scores, min_cosine
+from registry.parity import ParityResult, compare_scores, spec_mismatch, with_embedding_parity
 
 FP16_TOLERANCE = 1e-3
 FP16_TOP_K = 100
@@ -43,34 +42,20 @@ def check_fp16_parity(
     ref = OnnxScorer(fp32_path, providers=["CPUExecutionProvider"])
     half = OnnxScorer(fp16_path, providers=["CPUExecutionProvider"])
     if half.spec != ref.spec:
-        return ParityResult(
-            False,
-            float("inf"),
+        return spec_mismatch(
             len(images),
             top_k,
-            False,
             tolerance,
             f"the fp16 file's preprocessing spec {half.spec.to_json()} differs from the fp32 file's "
             f"{ref.spec.to_json()}: export both from the same model",
         )
+    names = ("fp32", "fp16")
     if ref.embedding_output is None or half.embedding_output is None:
-        return _fp16_labels(compare_scores(ref.score(images), half.score(images), ids, tolerance, top_k))
+        return compare_scores(ref.score(images), half.score(images), ids, tolerance, top_k, names)
     p_ref, f_ref = ref.score_and_embed(images)
     p_half, f_half = half.score_and_embed(images)
-    result = _fp16_labels(compare_scores(p_ref, p_half, ids, tolerance, top_k))
-    cosine = min_cosine(f_ref, f_half)
-    if not cosine >= FP16_EMBEDDING_MIN_COSINE:  # also NaN
-        return replace(
-            result,
-            passed=False,
-            embedding_min_cosine=cosine,
-            reason=f"{result.reason}; embeddings differ: min cosine {cosine:.6f} < {FP16_EMBEDDING_MIN_COSINE}",
-        )
-    return replace(result, embedding_min_cosine=cosine)
-
-
-def _fp16_labels(result: ParityResult) -> ParityResult:
-    return replace(result, reason=result.reason.replace("p_torch - p_onnx", "p_fp32 - p_fp16"))
+    result = compare_scores(p_ref, p_half, ids, tolerance, top_k, names)
+    return with_embedding_parity(result, f_ref, f_half, FP16_EMBEDDING_MIN_COSINE)
 
 
 def register_fp16_variant(

@@ -79,9 +79,17 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_scores(
-    p_torch: np.ndarray, p_onnx: np.ndarray, ids: Sequence[str] | np.ndarray, tolerance: float = 1e-4, top_k: int = 100
+    p_torch: np.ndarray,
+    p_onnx: np.ndarray,
+    ids: Sequence[str] | np.ndarray,
+    tolerance: float = 1e-4,
+    top_k: int = 100,
+    names: tuple[str, str] = ("torch", "onnx"),
 ) -> ParityResult:
-    """The parity verdict from two score vectors over the same images."""
+    """The parity verdict from two score vectors over the same images: the reference's (``p_torch``) and the
+    candidate's; ``names`` label them in the reason."""
+    ref, cand = names
+    diff = f"max |p_{ref} - p_{cand}|"
     p_torch = np.asarray(p_torch, dtype=np.float64)
     p_onnx = np.asarray(p_onnx, dtype=np.float64)
     if p_torch.shape != p_onnx.shape or p_torch.ndim != 1 or len(p_torch) == 0:
@@ -92,7 +100,7 @@ def compare_scores(
             top_k,
             False,
             tolerance,
-            f"score shapes differ or are empty: torch {p_torch.shape}, onnx {p_onnx.shape}",
+            f"score shapes differ or are empty: {ref} {p_torch.shape}, {cand} {p_onnx.shape}",
         )
     ids = np.asarray(ids, dtype=object)
     if not (np.isfinite(p_onnx).all() and np.isfinite(p_torch).all()):
@@ -115,12 +123,12 @@ def compare_scores(
     swapped = np.abs(p_torch[top_t] - p_torch[top_o]) > tolerance
     problems = []
     if max_diff > tolerance:
-        problems.append(f"max |p_torch - p_onnx| = {max_diff:.3g} > {tolerance:g}")
+        problems.append(f"{diff} = {max_diff:.3g} > {tolerance:g}")
     if swapped.any():
         problems.append(
             f"top-{k} ranking differs at {int(swapped.sum())} position(s), first at rank {int(np.argmax(swapped)) + 1}"
         )
-    reason = "; ".join(problems) or f"max |p_torch - p_onnx| = {max_diff:.3g} on {len(ids)} images, same top-{k}"
+    reason = "; ".join(problems) or f"{diff} = {max_diff:.3g} on {len(ids)} images, same top-{k}"
     return ParityResult(not problems, max_diff, len(ids), k, identical, tolerance, reason)
 
 
@@ -139,12 +147,9 @@ def check_parity(
         raise ValueError("check_parity needs at least one real image")
     scorer = OnnxScorer(onnx_path, providers=["CPUExecutionProvider"])
     if scorer.spec != model.spec:
-        return ParityResult(
-            False,
-            float("inf"),
+        return spec_mismatch(
             len(images),
             top_k,
-            False,
             tolerance,
             f"preprocessing spec in the ONNX metadata {scorer.spec.to_json()} differs from the "
             f"model's {model.spec.to_json()}",
@@ -153,12 +158,24 @@ def check_parity(
         return compare_scores(score_torch(model, images), scorer.score(images), ids, tolerance, top_k)
     scores, features = scorer.score_and_embed(images)
     result = compare_scores(score_torch(model, images), scores, ids, tolerance, top_k)
-    cosine = min_cosine(embed_torch(model, images), features)
-    if not cosine >= EMBEDDING_MIN_COSINE:  # also NaN
+    return with_embedding_parity(result, embed_torch(model, images), features, EMBEDDING_MIN_COSINE)
+
+
+def spec_mismatch(n_images: int, top_k: int, tolerance: float, reason: str) -> ParityResult:
+    """The failed verdict for two models that do not take the same inputs (nothing is scored)."""
+    return ParityResult(False, float("inf"), n_images, top_k, False, tolerance, reason)
+
+
+def with_embedding_parity(
+    result: ParityResult, reference: np.ndarray, features: np.ndarray, min_allowed: float
+) -> ParityResult:
+    """``result`` with the embeddings' smallest cosine similarity, failed when it is below ``min_allowed``."""
+    cosine = min_cosine(reference, features)
+    if not cosine >= min_allowed:  # also NaN
         return replace(
             result,
             passed=False,
             embedding_min_cosine=cosine,
-            reason=f"{result.reason}; embeddings differ: min cosine {cosine:.6f} < {EMBEDDING_MIN_COSINE}",
+            reason=f"{result.reason}; embeddings differ: min cosine {cosine:.6f} < {min_allowed}",
         )
     return replace(result, embedding_min_cosine=cosine)
