@@ -44,6 +44,13 @@ def is_coldstart(tags: Mapping[str, str]) -> bool:
     return tags.get(KIND) == COLDSTART
 
 
+def trained_champion(client, name: str) -> tuple[str | None, bool]:
+    """The champion version of ``name`` (None when there is none) and whether it is a trained model (a
+    cold-start version is not: FixMatch replaces it, and ``retrain.min_anomalies`` holds until then)."""
+    champion = get_aliases(client, name).get(CHAMPION)
+    return champion, champion is not None and not is_coldstart(client.get_model_version(name, champion).tags)
+
+
 def _code(exc: Exception) -> str:
     return str(getattr(exc, "error_code", ""))
 

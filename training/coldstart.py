@@ -131,7 +131,7 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
     from anomalymatch.loader import load_images
     from anomalymatch.sources import open_sources
     from registry.register import ImageSet, register_cycle
-    from registry.store import CHAMPION, get_aliases, is_coldstart, mlflow_client
+    from registry.store import mlflow_client, trained_champion
     from training.inputs import sample_pool
     from training.tracking import RunTracker, sha256_bytes
 
@@ -170,10 +170,8 @@ def run_coldstart(config, store, examples: list[str] | None = None, progress: bo
     pool_ids_arr = np.asarray(pool.ids, dtype=object)
     tracker = RunTracker(cfg.tracking, cfg.data_path)
     client = mlflow_client(tracker.tracking_uri)
-    champion = get_aliases(client, cfg.tracking.registered_model).get(CHAMPION)
-    replaceable = champion is None or is_coldstart(
-        client.get_model_version(cfg.tracking.registered_model, champion).tags
-    )
+    champion, trained = trained_champion(client, cfg.tracking.registered_model)
+    replaceable = not trained
     registry_cfg = dataclasses.replace(cfg.registry, auto_promote=cfg.registry.auto_promote and replaceable)
     tags = {"anomalymatch.kind": COLDSTART, "anomalymatch.coldstart_mode": head.mode}
     params = {"coldstart.mode": head.mode, "coldstart.n_examples": len(example_emb) if example_emb is not None else 0}

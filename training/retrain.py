@@ -177,12 +177,10 @@ class RetrainWatcher:
     def _champion_is_trained(self) -> bool:
         """Whether the registry's champion is a trained model (``retrain.min_anomalies`` applies until then)."""
         from anomalymatch.model_ref import resolve_tracking_uri
-        from registry.store import CHAMPION, get_aliases, is_coldstart, mlflow_client
+        from registry.store import mlflow_client, trained_champion
 
         client = mlflow_client(resolve_tracking_uri(self.config.tracking.tracking_uri, self.config.data_path))
-        name = self.config.tracking.registered_model
-        champion = get_aliases(client, name).get(CHAMPION)
-        return champion is not None and not is_coldstart(client.get_model_version(name, champion).tags)
+        return trained_champion(client, self.config.tracking.registered_model)[1]
 
     # -- one retrain ------------------------------------------------------------------------------------------
     def _retrain(self, seq: int, reason: str) -> RetrainOutcome:
@@ -190,7 +188,7 @@ class RetrainWatcher:
 
         from anomalymatch.model_ref import resolve_tracking_uri
         from registry.promote import PromotionError, promote_to_champion
-        from registry.store import CHAMPION, get_aliases, is_coldstart, mlflow_client
+        from registry.store import mlflow_client, trained_champion
         from training.active_learning import run_tracked_cycle
         from training.tracking import RunTracker
         from training.trainer import FixMatchTrainer
@@ -199,12 +197,9 @@ class RetrainWatcher:
         campaign = campaign_images(self.store, cfg.retrain.campaign)
         tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.data_path)
         name = cfg.tracking.registered_model
-        client = mlflow_client(tracking_uri)
-        champion = get_aliases(client, name).get(CHAMPION)
+        champion, trained = trained_champion(mlflow_client(tracking_uri), name)
         # a cold-start champion ranks without training: the first FixMatch run starts from ImageNet weights
-        start_from = champion
-        if champion is not None and is_coldstart(client.get_model_version(name, champion).tags):
-            start_from = None
+        start_from = champion if trained else None
         torch.manual_seed(cfg.cycle.seed)
         with tempfile.TemporaryDirectory(prefix="anomalymatch-retrain-") as tmp:
             model = self._start_model(campaign, start_from, tracking_uri, Path(tmp))
