@@ -68,6 +68,9 @@ class FixMatchConfig:
     lr_schedule: str = "constant"  # "cosine": lr * cos(7 pi t / 16 T) over each train() call of T iterations
     freeze_blocks: int = 0  # the stem and this many of the 7 blocks keep their pretrained weights (and BN
     #                         statistics): no backward pass through them, so higher resolutions cost less
+    cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for
+    #                        its plain view and this many weak and strong views, and only the rest is run
+    #                        per step (training/trunk_cache.py); what makes 160-224 px affordable on a CPU
     head_refit: str = "none"  # "blend": after each train() call the EMA model's head becomes the sum of its
     #                           own logit and a logistic regression on its labelled images' features, each
     #                           scaled to mean |logit| 1 on those images (still one linear layer)
@@ -86,6 +89,11 @@ class FixMatchConfig:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.probe_margin < 0:
             raise ValueError(f"fixmatch.probe_margin must be >= 0, got {self.probe_margin}")
+        if self.cached_views < 0 or (self.cached_views and not self.freeze_blocks):
+            raise ValueError(
+                f"fixmatch.cached_views must be >= 0 and needs fixmatch.freeze_blocks >= 1, got "
+                f"cached_views={self.cached_views}, freeze_blocks={self.freeze_blocks}"
+            )
         if not 0 <= self.freeze_blocks <= 7:
             raise ValueError(f"fixmatch.freeze_blocks must be in 0..7, got {self.freeze_blocks}")
         if not 0.0 <= self.backbone_lr_scale <= 1.0:

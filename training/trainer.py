@@ -153,6 +153,13 @@ class FixMatchTrainer:
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.augment = augment_config(cfg)
+        self.cache = None
+        if cfg.cached_views:
+            from training.trunk_cache import TrunkCache
+
+            self.cache = TrunkCache(
+                self.model, cfg.freeze_blocks, cfg.cached_views, seed, self.augment, self.device, self.memory_format
+            )
         self.iteration = 0
         self.stream: UnlabelledStream | None = None
         self._onnx_cache: tuple | None = None  # ((iteration, use_ema), OnnxScorer)
@@ -179,6 +186,8 @@ class FixMatchTrainer:
         if self.stream is None or self.stream.n != len(unlabelled):
             self.stream = UnlabelledStream(len(unlabelled), self.generator)
         lb_idx = labelled_batch(y, cfg.batch_size, self.generator, cfg.oversample)
+        if self.cache is not None:
+            return self._cached_step(labelled, y, unlabelled, lb_idx)
         x_lb = weak_augment(self._upload(labelled[lb_idx]), self.generator, self.augment)
         y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64).to(self.device, non_blocking=True)
         n_u = cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0
@@ -198,8 +207,37 @@ class FixMatchTrainer:
             x = x_lb
         with self._autocast():
             logits = self.model(self._to_device(x))
+        return self._update(logits, logits_uw, y_lb)
+
+    def _cached_step(
+        self, labelled: np.ndarray, y: np.ndarray, unlabelled: np.ndarray, lb_idx: np.ndarray
+    ) -> StepStats:
+        """``step`` on the trunk cache: the same draws, the tail of the network run on cached trunk outputs."""
+        from training.trunk_cache import tail_forward
+
+        cfg = self.cfg
+        blocks = cfg.freeze_blocks
+        h = self.cache.features(labelled[lb_idx], "weak", self.generator)
+        y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64).to(self.device, non_blocking=True)
+        u_idx = self.stream.next(cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0)
+        h_uw = None
+        if len(u_idx):  # pseudo-labels from the plain view; the consistency target is a strong view
+            h_uw = self.cache.features(unlabelled[u_idx], "clean")
+            h = torch.cat([h, self.cache.features(unlabelled[u_idx], "strong", self.generator)])
+        self._train_mode()
+        logits_uw = None
+        if h_uw is not None:
+            with torch.no_grad(), self._autocast():
+                logits_uw = tail_forward(self.model, h_uw, blocks).float()
+        with self._autocast():
+            logits = tail_forward(self.model, h, blocks)
+        return self._update(logits, logits_uw, y_lb)
+
+    def _update(self, logits: torch.Tensor, logits_uw: torch.Tensor | None, y_lb: torch.Tensor) -> StepStats:
+        """The FixMatch loss of a step's logits (labelled first, then the strong views), one optimiser step."""
+        cfg = self.cfg
         logits = logits.float()  # the loss in float32 whatever the forward's precision
-        n_lb = len(lb_idx)
+        n_lb = len(y_lb)
         logits_lb, logits_us = logits[:n_lb], logits[n_lb:]
         if logits_uw is None:
             logits_uw = logits_us
@@ -335,10 +373,36 @@ class FixMatchTrainer:
         "auto" picks ONNX on a CPU and torch on a GPU."""
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"unknown scoring backend {backend!r}; choose auto, onnx or torch")
+        if self.cache is not None and backend == "auto":
+            return self._cached_score(images, batch_size or 256, use_ema)
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
             return self.onnx_scorer(use_ema).score(images, batch_size)
         model = self.ema.module if use_ema else self.model
         return score_images(model, images, batch_size or 256, self.device, self.memory_format, progress)
+
+    @torch.inference_mode()
+    def _cached_score(self, images: np.ndarray, batch_size: int, use_ema: bool) -> np.ndarray:
+        """Anomaly probabilities from the cached plain-view trunk outputs and the (EMA) model's tail."""
+        from training.trunk_cache import tail_forward
+
+        model = self.ema.module if use_ema else self.model
+        was_training = model.training
+        model.eval()
+        try:
+            out = [
+                torch.softmax(
+                    tail_forward(
+                        model, self.cache.features(images[s : s + batch_size], "clean"), self.cfg.freeze_blocks
+                    ).float(),
+                    dim=1,
+                )[:, 1]
+                .cpu()
+                .numpy()
+                for s in range(0, len(images), batch_size)
+            ]
+        finally:
+            model.train(was_training)
+        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
     def embed(self, images: np.ndarray, batch_size: int = 0, use_ema: bool = True) -> np.ndarray:
         """Pooled features (N, D) of uint8 NHWC images: the ``embedding`` output of the exported model (ONNX
@@ -388,6 +452,8 @@ class FixMatchTrainer:
             for k, v in self.stream.state().items():
                 tensors[f"stream.{k}"] = v
         meta = {"iteration": str(self.iteration), "format": CHECKPOINT_FORMAT}
+        if self.cache is not None:  # the cached views are drawn from it: a resume must draw the same ones
+            meta["view_seed"] = str(self.cache.seed)
         spec = getattr(self.model, "spec", None)
         if spec is not None:
             meta["preprocess"] = spec.to_json()
@@ -422,6 +488,8 @@ class FixMatchTrainer:
         self.generator.set_state(tensors["rng.generator"])  # last: building the stream above draws from it
         self.iteration = int(meta["iteration"])
         self._onnx_cache = None
+        if self.cache is not None and "view_seed" in meta:
+            self.cache.reset(int(meta["view_seed"]))
         return meta
 
 

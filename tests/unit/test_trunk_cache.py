@@ -1,0 +1,134 @@
+"""The frozen-trunk cache (``fixmatch.cached_views``): the split network equals the whole one, views are a
+function of the image and the seed (not of the order images are met in), cached scoring equals the
+whole EMA model's, the frozen trunk never changes, and an interrupted cached run resumes exactly."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from anomalymatch.config import FixMatchConfig
+from anomalymatch.preprocessing import PreprocessSpec
+from training.augment import AugmentConfig
+from training.model import create_model
+from training.trainer import FixMatchTrainer
+from training.trunk_cache import TrunkCache, image_keys, tail_forward, trunk_forward
+
+SPEC = PreprocessSpec(size=32)
+CFG = FixMatchConfig(batch_size=4, uratio=1, threshold=0.5, freeze_blocks=3, cached_views=2)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    labelled = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    labelled[:2, 8:24, 8:24] = 255
+    y = np.array([1, 1, 0, 0, 0, 0])
+    pool = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    return labelled, y, pool
+
+
+def _trainer(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return FixMatchTrainer(
+        create_model(SPEC, pretrained=False), dataclasses.replace(CFG, **overrides), seed=seed, device="cpu"
+    )
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 5, 7])
+def test_tail_of_trunk_is_the_whole_network(blocks):
+    torch.manual_seed(0)
+    model = create_model(SPEC, pretrained=False).eval()
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(tail_forward(model, trunk_forward(model, x, blocks), blocks), model(x), atol=1e-5)
+
+
+def test_views_depend_on_the_image_and_seed_not_on_order():
+    _, _, pool = _data()
+    torch.manual_seed(0)
+    model = create_model(SPEC, pretrained=False)
+
+    def cache(seed):
+        return TrunkCache(model, 3, 2, seed, AugmentConfig(), torch.device("cpu"))
+
+    a, b, other = cache(0), cache(0), cache(1)
+    a.features(pool, "strong", torch.Generator().manual_seed(0))
+    b.features(pool[::-1].copy(), "strong", torch.Generator().manual_seed(0))
+    other.features(pool, "strong", torch.Generator().manual_seed(0))
+    keys = image_keys(pool)
+    assert len(set(keys)) == len(pool)
+    for k in keys:
+        assert a.store["strong"][k].shape[0] == 2
+        assert torch.equal(a.store["strong"][k], b.store["strong"][k])
+        assert not torch.equal(a.store["strong"][k][0], a.store["strong"][k][1])  # two distinct views
+        assert not torch.equal(a.store["strong"][k], other.store["strong"][k])  # another seed, other views
+    n = len(a)
+    a.features(pool[:5], "strong", torch.Generator().manual_seed(0))
+    assert len(a) == n  # seen images are not recomputed
+
+
+def test_cached_scoring_equals_the_whole_ema_model_and_the_trunk_stays_frozen():
+    labelled, y, pool = _data()
+    trainer = _trainer()
+    stem = trainer.model.backbone.conv_stem.weight.clone()
+    block = {k: v.clone() for k, v in trainer.model.backbone.blocks[2].state_dict().items()}
+    tail = trainer.model.backbone.blocks[4].state_dict()["0.conv_pw.weight"].clone()
+    trainer.train(labelled, y, pool, iterations=3)
+    assert torch.equal(stem, trainer.model.backbone.conv_stem.weight)
+    assert all(torch.equal(block[k], v) for k, v in trainer.model.backbone.blocks[2].state_dict().items())
+    assert not torch.equal(tail, trainer.model.backbone.blocks[4].state_dict()["0.conv_pw.weight"])
+    cached = trainer.score(pool, batch_size=5)
+    whole = trainer.score(pool, batch_size=5, backend="torch")
+    onnx = trainer.score(pool, batch_size=5, backend="onnx")  # what a registration exports
+    assert np.abs(cached - whole).max() <= 1e-5
+    assert np.abs(cached - onnx).max() <= 1e-4
+    assert all(k in trainer.cache.store["clean"] for k in image_keys(pool))
+
+
+def test_cached_training_learns_a_separable_anomaly():
+    labelled, y, pool = _data()
+    torch.manual_seed(0)
+    cfg = FixMatchConfig(batch_size=8, uratio=1, freeze_blocks=2, cached_views=2)
+    trainer = FixMatchTrainer(create_model(SPEC, pretrained=True), cfg, device="cpu")
+
+    def margin() -> float:
+        s = trainer.score(labelled, use_ema=False)
+        return float(s[y == 1].mean() - s[y == 0].mean())
+
+    before = margin()
+    trainer.train(labelled, y, pool, iterations=15)
+    assert margin() > before + 0.2
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_an_interrupted_cached_run_resumes_exactly(tmp_path):
+    labelled, y, pool = _data()
+    reference = _trainer()
+    reference.train(labelled, y, pool, iterations=4)
+
+    def crash_after_third(stats):
+        if stats.iteration == 3:
+            raise _Crash
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    crashing = _trainer()
+    with pytest.raises(_Crash):
+        crashing.train(
+            labelled, y, pool, iterations=4, on_step=crash_after_third, checkpoint_path=ckpt, checkpoint_every=2
+        )
+    resumed = _trainer(seed=123)  # empty cache; the views' seed comes from the checkpoint
+    resumed.load_checkpoint(ckpt)
+    resumed.train(labelled, y, pool, iterations=2)
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_cached_views_need_a_frozen_trunk():
+    with pytest.raises(ValueError, match="freeze_blocks"):
+        FixMatchConfig(cached_views=2)
+    with pytest.raises(ValueError, match="cached_views"):
+        FixMatchConfig(cached_views=-1, freeze_blocks=2)

@@ -1,0 +1,151 @@
+"""Frozen-trunk feature cache (``fixmatch.cached_views``): with ``fixmatch.freeze_blocks`` k the stem and
+the first k blocks keep their ImageNet weights and BatchNorm statistics, so their output for a given
+image (and augmented view of it) never changes during training. The cache computes that output once per
+image and view and trains only the tail (the remaining blocks, the head convolution and the classifier)
+on it. At 160-224 px, where the early high-resolution blocks cost most of a forward pass, a training
+step and pool scoring then cost a fraction of the uncached ones.
+
+Per image the cache holds the plain view (pseudo-labels and scoring) and, on first use, ``views`` weak
+views (labelled batches) or ``views`` strong views (the unlabelled consistency term). Each image's views
+are drawn from a generator seeded by the image's content and the trainer's seed, so they do not depend
+on the order images are first seen in: a resumed run draws the same views. Which view a step uses comes
+from the trainer's own (checkpointed) generator. Images are keyed by a hash of their pixels, so callers
+pass the same uint8 arrays as to the uncached trainer."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.augment import AugmentConfig, strong_augment, weak_augment
+
+KINDS = ("clean", "weak", "strong")
+
+
+def trunk_forward(model: nn.Module, x: torch.Tensor, blocks: int) -> torch.Tensor:
+    """uint8 pixels (N, 3, H, W) -> the output of the stem and the first ``blocks`` blocks."""
+    b = model.backbone
+    h = b.bn1(b.conv_stem(model.normalize(x)))
+    for block in list(b.blocks)[:blocks]:
+        h = block(h)
+    return h
+
+
+def tail_forward(model: nn.Module, h: torch.Tensor, blocks: int, pre_logits: bool = False) -> torch.Tensor:
+    """The rest of the network from ``trunk_forward``'s output: ``tail_forward(trunk_forward(x)) == model(x)``."""
+    b = model.backbone
+    for block in list(b.blocks)[blocks:]:
+        h = block(h)
+    return b.forward_head(b.bn2(b.conv_head(h)), pre_logits=pre_logits)
+
+
+def image_keys(images: np.ndarray) -> list[bytes]:
+    """A 16-byte hash of each image's pixels (and shape)."""
+    out = []
+    for im in images:
+        h = hashlib.blake2b(np.ascontiguousarray(im).data, digest_size=16)
+        h.update(repr(im.shape).encode())
+        out.append(h.digest())
+    return out
+
+
+class TrunkCache:
+    """Trunk outputs of the plain view and of ``views`` weak and strong views per image (see module doc)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: int,
+        views: int,
+        seed: int,
+        augment: AugmentConfig,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.channels_last,
+        batch_size: int = 64,
+    ) -> None:
+        if blocks < 1:
+            raise ValueError("fixmatch.cached_views needs fixmatch.freeze_blocks >= 1 (a frozen trunk to cache)")
+        if views < 1:
+            raise ValueError(f"the trunk cache needs at least 1 view per kind, got {views}")
+        self.model, self.blocks, self.views, self.seed = model, blocks, views, seed
+        self.augment, self.device, self.memory_format, self.batch_size = augment, device, memory_format, batch_size
+        self.store: dict[str, dict[bytes, torch.Tensor]] = {kind: {} for kind in KINDS}
+
+    def reset(self, seed: int) -> None:
+        """Forget every cached output; later views are drawn with ``seed``."""
+        self.seed = seed
+        self.store = {kind: {} for kind in KINDS}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.store.values())
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self.store.values() for t in s.values())
+
+    def _view_generator(self, key: bytes, kind: str) -> torch.Generator:
+        salt = KINDS.index(kind)
+        return torch.Generator().manual_seed((int.from_bytes(key[:7], "little") * 31 + self.seed * 3 + salt) % 2**62)
+
+    @torch.inference_mode()
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, len(x), self.batch_size):
+            batch = x[start : start + self.batch_size].to(self.device).contiguous(memory_format=self.memory_format)
+            out.append(trunk_forward(self.model, batch, self.blocks).float().cpu())
+        return torch.cat(out)
+
+    def _fill(self, images: np.ndarray, keys: list[bytes], kind: str) -> None:
+        store = self.store[kind]
+        todo: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in store and key not in todo:
+                todo[key] = i
+        if not todo:
+            return
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()  # the trunk's BatchNorm is frozen anyway
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(images[list(todo.values())])).permute(0, 3, 1, 2)
+            if kind == "clean":
+                for key, h in zip(todo, self._trunk(x)):
+                    store[key] = h.clone()
+                return
+            fn = weak_augment if kind == "weak" else strong_augment
+            chunk = max(1, self.batch_size // self.views)
+            keys_todo = list(todo)
+            for start in range(0, len(keys_todo), chunk):
+                ks = keys_todo[start : start + chunk]
+                views = torch.cat(
+                    [
+                        fn(
+                            x[j : j + 1].expand(self.views, -1, -1, -1).contiguous(),
+                            self._view_generator(k, kind),
+                            self.augment,
+                        )
+                        for j, k in enumerate(ks, start)
+                    ]
+                )
+                h = self._trunk(views)
+                for k, hv in zip(ks, h.view(len(ks), self.views, *h.shape[1:])):
+                    store[k] = hv.clone()
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
+    def features(self, images: np.ndarray, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Trunk outputs (N, C, h, w) on the training device for uint8 NHWC ``images``: the plain view, or for
+        "weak"/"strong" one of each image's cached views, chosen with ``generator``."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown view kind {kind!r}; choose from {KINDS}")
+        keys = image_keys(images)
+        self._fill(images, keys, kind)
+        store = self.store[kind]
+        if kind == "clean":
+            out = torch.stack([store[k] for k in keys])
+        else:
+            pick = torch.randint(self.views, (len(keys),), generator=generator).tolist()
+            out = torch.stack([store[k][j] for k, j in zip(keys, pick)])
+        return out.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
