@@ -5,8 +5,9 @@ image and view and trains only the tail (the remaining blocks, the head convolut
 on it. At 160-224 px, where the early high-resolution blocks cost most of a forward pass, a training
 step and pool scoring then cost a fraction of the uncached ones.
 
-Per image the cache holds the plain view (pseudo-labels and scoring) and, on first use, ``views`` weak
-views (labelled batches) or ``views`` strong views (the unlabelled consistency term). Each image's views
+Per image the cache holds the plain view (pseudo-labels and scoring) and, on first use, ``4 * views``
+weak views (labelled batches: few images, drawn in every step) or ``views`` strong views (the unlabelled
+consistency term). Each image's views
 are drawn from a generator seeded by the image's content and the trainer's seed, so they do not depend
 on the order images are first seen in: a resumed run draws the same views. Which view a step uses comes
 from the trainer's own (checkpointed) generator. Images are keyed by a hash of their pixels, so callers
@@ -23,6 +24,8 @@ from torch import nn
 from training.augment import AugmentConfig, strong_augment, weak_augment
 
 KINDS = ("clean", "weak", "strong")
+#: Labelled images (few, and drawn in every batch) get this many times ``views`` weak views.
+WEAK_VIEW_FACTOR = 4
 
 
 def trunk_forward(model: nn.Module, x: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -74,6 +77,9 @@ class TrunkCache:
         self.augment, self.device, self.memory_format, self.batch_size = augment, device, memory_format, batch_size
         self.store: dict[str, dict[bytes, torch.Tensor]] = {kind: {} for kind in KINDS}
 
+    def n_views(self, kind: str) -> int:
+        return {"clean": 1, "weak": self.views * WEAK_VIEW_FACTOR, "strong": self.views}[kind]
+
     def reset(self, seed: int) -> None:
         """Forget every cached output; later views are drawn with ``seed``."""
         self.seed = seed
@@ -114,14 +120,15 @@ class TrunkCache:
                     store[key] = h.clone()
                 return
             fn = weak_augment if kind == "weak" else strong_augment
-            chunk = max(1, self.batch_size // self.views)
+            n_views = self.n_views(kind)
+            chunk = max(1, self.batch_size // n_views)
             keys_todo = list(todo)
             for start in range(0, len(keys_todo), chunk):
                 ks = keys_todo[start : start + chunk]
                 views = torch.cat(
                     [
                         fn(
-                            x[j : j + 1].expand(self.views, -1, -1, -1).contiguous(),
+                            x[j : j + 1].expand(n_views, -1, -1, -1).contiguous(),
                             self._view_generator(k, kind),
                             self.augment,
                         )
@@ -129,7 +136,7 @@ class TrunkCache:
                     ]
                 )
                 h = self._trunk(views)
-                for k, hv in zip(ks, h.view(len(ks), self.views, *h.shape[1:])):
+                for k, hv in zip(ks, h.view(len(ks), n_views, *h.shape[1:])):
                     store[k] = hv.clone()
         finally:
             for m, mode in modes.items():
@@ -146,6 +153,6 @@ class TrunkCache:
         if kind == "clean":
             out = torch.stack([store[k] for k in keys])
         else:
-            pick = torch.randint(self.views, (len(keys),), generator=generator).tolist()
+            pick = torch.randint(self.n_views(kind), (len(keys),), generator=generator).tolist()
             out = torch.stack([store[k][j] for k, j in zip(keys, pick)])
         return out.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)

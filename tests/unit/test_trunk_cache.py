@@ -58,6 +58,8 @@ def test_views_depend_on_the_image_and_seed_not_on_order():
     other.features(pool, "strong", torch.Generator().manual_seed(0))
     keys = image_keys(pool)
     assert len(set(keys)) == len(pool)
+    a.features(pool[:3], "weak", torch.Generator().manual_seed(0))
+    assert all(a.store["weak"][k].shape[0] == 8 for k in keys[:3])  # 4x views for the few labelled images
     for k in keys:
         assert a.store["strong"][k].shape[0] == 2
         assert torch.equal(a.store["strong"][k], b.store["strong"][k])
