@@ -68,6 +68,10 @@ class FixMatchConfig:
     lr_schedule: str = "constant"  # "cosine": lr * cos(7 pi t / 16 T) over each train() call of T iterations
     freeze_blocks: int = 0  # the stem and this many of the 7 blocks keep their pretrained weights (and BN
     #                         statistics): no backward pass through them, so higher resolutions cost less
+    pretrained_pull: float = 0.0  # > 0: the backbone's weight decay pulls toward the starting (pretrained)
+    #                               weights with this coefficient instead of toward zero (L2-SP)
+    weak_bn: str = "batch"  # the no-grad weak view's BatchNorm: "batch" statistics (training mode) or the
+    #                         "running" ones (eval mode, as when scoring)
     cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for
     #                        its plain view and this many weak and strong views, and only the rest is run
     #                        per step (training/trunk_cache.py); what makes 160-224 px affordable on a CPU
@@ -84,9 +88,12 @@ class FixMatchConfig:
             ("bn", ("train", "frozen")),
             ("lr_schedule", ("constant", "cosine")),
             ("head_refit", ("none", "blend")),
+            ("weak_bn", ("batch", "running")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.pretrained_pull < 0:
+            raise ValueError(f"fixmatch.pretrained_pull must be >= 0, got {self.pretrained_pull}")
         if self.probe_margin < 0:
             raise ValueError(f"fixmatch.probe_margin must be >= 0, got {self.probe_margin}")
         if self.cached_views < 0 or (self.cached_views and not self.freeze_blocks):

@@ -57,7 +57,10 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "cached-160-f5": ("fixmatch", 160, {"fixmatch.freeze_blocks": 5, "fixmatch.cached_views": 2}),
     "cached-224-f5": ("fixmatch", 224, {"fixmatch.freeze_blocks": 5, "fixmatch.cached_views": 2}),
     "cached-128-f4": ("fixmatch", 128, {"fixmatch.freeze_blocks": 4, "fixmatch.cached_views": 2}),
+    "cached-128-f3": ("fixmatch", 128, {"fixmatch.freeze_blocks": 3, "fixmatch.cached_views": 2}),
     "cached-96-f3": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3, "fixmatch.cached_views": 2}),
+    "balanced-pull": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3, "fixmatch.pretrained_pull": 1.0}),
+    "balanced-weakbn": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3, "fixmatch.weak_bn": "running"}),
     "balanced-lp-soft": (  # the balanced preset with the tempered linear-probe head
         "fixmatch",
         96,

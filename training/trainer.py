@@ -10,6 +10,7 @@ repeats a seeded run exactly (PyTorch warns about any op without a deterministic
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -108,7 +109,10 @@ def parameter_groups(model: nn.Module, cfg: FixMatchConfig) -> list[dict]:
     out = []
     for (is_head, no_decay), params in sorted(groups.items()):
         lr = cfg.lr if is_head else cfg.lr * cfg.backbone_lr_scale
-        out.append({"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr, "base_lr": lr})
+        decay = 0.0 if no_decay or (cfg.pretrained_pull and not is_head) else cfg.weight_decay
+        out.append(
+            {"params": params, "weight_decay": decay, "lr": lr, "base_lr": lr, "pull": not is_head and not no_decay}
+        )
     return out
 
 
@@ -150,6 +154,12 @@ class FixMatchTrainer:
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         self.optimizer = torch.optim.SGD(
             parameter_groups(self.model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+        )
+        # L2-SP: the backbone's decayed weights are pulled toward where they started (the pretrained ones)
+        self.anchor = (
+            [(p, p.detach().clone()) for g in self.optimizer.param_groups if g["pull"] for p in g["params"]]
+            if cfg.pretrained_pull
+            else []
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.augment = augment_config(cfg)
@@ -200,7 +210,7 @@ class FixMatchTrainer:
             x_us = strong_augment(x_u, self.generator, self.augment)
             # The weak view only yields (detached) pseudo-labels, so it needs no backward pass: a
             # separate no-grad forward (BatchNorm still in training mode) saves about a third of a step.
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(), self._weak_bn():
                 logits_uw = self.model(self._to_device(x_uw)).float()
             x = torch.cat([x_lb, x_us])
         else:
@@ -227,7 +237,7 @@ class FixMatchTrainer:
         self._train_mode()
         logits_uw = None
         if h_uw is not None:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(), self._weak_bn():
                 logits_uw = tail_forward(self.model, h_uw, blocks).float()
         with self._autocast():
             logits = tail_forward(self.model, h, blocks)
@@ -244,6 +254,11 @@ class FixMatchTrainer:
         parts = fixmatch_loss(logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u)
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
+        if self.anchor:
+            with torch.no_grad():
+                for p, start in self.anchor:
+                    if p.grad is not None:
+                        p.grad.add_(p - start, alpha=cfg.pretrained_pull)
         self.optimizer.step()
         self.ema.update(self.model, self.iteration)
         self.iteration += 1
@@ -304,6 +319,19 @@ class FixMatchTrainer:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+
+    @contextlib.contextmanager
+    def _weak_bn(self):  # type: ignore[no-untyped-def]
+        """With ``fixmatch.weak_bn`` "running", the weak view's forward runs in eval mode (BatchNorm on its
+        running statistics, which it then leaves unchanged); training mode is restored after."""
+        if self.cfg.weak_bn != "running":
+            yield
+            return
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self._train_mode()
 
     def _set_lr(self, i: int, iterations: int) -> None:
         factor = math.cos(7 * math.pi * i / (16 * iterations)) if self.cfg.lr_schedule == "cosine" else 1.0

@@ -229,3 +229,36 @@ def test_blend_refit_adds_the_probe_on_the_trained_features_to_the_ema_head():
     plain = _variant()
     plain.train(labelled, y, pool, iterations=1)
     assert torch.equal(plain.model.backbone.get_classifier().weight, model_head.weight)  # training unchanged
+
+
+def test_pretrained_pull_keeps_the_backbone_near_its_start_and_leaves_the_head_free():
+    labelled, y, pool = _data()
+
+    def drift(pull):
+        trainer = _variant(pretrained_pull=pull, lr=0.05)
+        start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train(labelled, y, pool, iterations=4)
+        now = {n: p.detach() for n, p in trainer.model.named_parameters()}
+        backbone = sum(float((now[n] - start[n]).norm()) for n in start if "classifier" not in n and now[n].ndim > 1)
+        head = float((now["backbone.classifier.weight"] - start["backbone.classifier.weight"]).norm())
+        return backbone, head
+
+    free, free_head = drift(0.0)
+    pulled, pulled_head = drift(20.0)
+    assert pulled < 0.8 * free
+    assert pulled_head > 0.0 and free_head > 0.0
+    with pytest.raises(ValueError, match="pretrained_pull"):
+        FixMatchConfig(pretrained_pull=-1.0)
+
+
+def test_weak_view_batchnorm_on_running_statistics_leaves_them_to_the_training_forward():
+    labelled, y, pool = _data()
+    counts = {}
+    for mode in ("batch", "running"):
+        trainer = _variant(weak_bn=mode)
+        trainer.train(labelled, y, pool, iterations=2)
+        counts[mode] = int(trainer.model.backbone.bn2.num_batches_tracked)
+        assert trainer.model.training  # training mode restored after the weak forward
+    assert counts == {"batch": 4, "running": 2}  # two BatchNorm updates per step, or one
+    with pytest.raises(ValueError, match="weak_bn"):
+        FixMatchConfig(weak_bn="frozen")
