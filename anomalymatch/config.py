@@ -68,8 +68,8 @@ class FixMatchConfig:
     lr_schedule: str = "constant"  # "cosine": lr * cos(7 pi t / 16 T) over each train() call of T iterations
     freeze_blocks: int = 0  # the stem and this many of the 7 blocks keep their pretrained weights (and BN
     #                         statistics): no backward pass through them, so higher resolutions cost less
-    pretrained_pull: float = 0.0  # > 0: the backbone's weight decay pulls toward the starting (pretrained)
-    #                               weights with this coefficient instead of toward zero (L2-SP)
+    pretrained_pull: float = 0.0  # > 0: the backbone's weight decay pulls toward the weights training started
+    #                               from (pretrained; a retrain's champion) with this coefficient, not toward 0 (L2-SP)
     weak_bn: str = "batch"  # the no-grad weak view's BatchNorm: "batch" statistics (training mode) or the
     #                         "running" ones (eval mode, as when scoring)
     cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for

@@ -23,6 +23,7 @@ class ModelEMA:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(model).eval()
+        self.exact: set[str] = set()  # state entries copied, not averaged (frozen ones: equal, kept bit-exact)
         for p in self.module.parameters():
             p.requires_grad_(False)
 
@@ -36,7 +37,7 @@ class ModelEMA:
         model_state = model.state_dict()
         for name, ema_value in self.module.state_dict().items():
             value = model_state[name].detach()
-            if ema_value.dtype.is_floating_point:
+            if ema_value.dtype.is_floating_point and name not in self.exact:
                 ema_value.mul_(decay).add_(value, alpha=1.0 - decay)
             else:
                 ema_value.copy_(value)

@@ -152,6 +152,13 @@ class FixMatchTrainer:
         for module in self.frozen:
             module.requires_grad_(False)
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        frozen_ids = {id(m) for m in self.frozen}
+        self.ema.exact = {  # the frozen modules' weights and statistics: the EMA holds them unchanged
+            f"{name}.{key}" if name else key
+            for name, module in self.model.named_modules()
+            if id(module) in frozen_ids
+            for key in module.state_dict()
+        }
         self.optimizer = torch.optim.SGD(
             parameter_groups(self.model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
         )
@@ -223,7 +230,7 @@ class FixMatchTrainer:
         self, labelled: np.ndarray, y: np.ndarray, unlabelled: np.ndarray, lb_idx: np.ndarray
     ) -> StepStats:
         """``step`` on the trunk cache: the same draws, the tail of the network run on cached trunk outputs."""
-        from training.trunk_cache import tail_forward
+        from training.trunk_cache import image_keys, tail_forward
 
         cfg = self.cfg
         blocks = cfg.freeze_blocks
@@ -232,8 +239,10 @@ class FixMatchTrainer:
         u_idx = self.stream.next(cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0)
         h_uw = None
         if len(u_idx):  # pseudo-labels from the plain view; the consistency target is a strong view
-            h_uw = self.cache.features(unlabelled[u_idx], "clean")
-            h = torch.cat([h, self.cache.features(unlabelled[u_idx], "strong", self.generator)])
+            x_u = unlabelled[u_idx]
+            keys = image_keys(x_u)
+            h_uw = self.cache.features(x_u, "clean", keys=keys)
+            h = torch.cat([h, self.cache.features(x_u, "strong", self.generator, keys=keys)])
         self._train_mode()
         logits_uw = None
         if h_uw is not None:
@@ -323,7 +332,7 @@ class FixMatchTrainer:
     @contextlib.contextmanager
     def _weak_bn(self):  # type: ignore[no-untyped-def]
         """With ``fixmatch.weak_bn`` "running", the weak view's forward runs in eval mode (BatchNorm on its
-        running statistics, which it then leaves unchanged); training mode is restored after."""
+        running statistics, which it then leaves unchanged; dropout off); training mode is restored after."""
         if self.cfg.weak_bn != "running":
             yield
             return
@@ -516,8 +525,8 @@ class FixMatchTrainer:
         self.generator.set_state(tensors["rng.generator"])  # last: building the stream above draws from it
         self.iteration = int(meta["iteration"])
         self._onnx_cache = None
-        if self.cache is not None and "view_seed" in meta:
-            self.cache.reset(int(meta["view_seed"]))
+        if self.cache is not None:  # outputs of the weights before the load are stale
+            self.cache.reset(int(meta.get("view_seed", self.cache.seed)))
         return meta
 
 

@@ -9,7 +9,9 @@ Per image the cache holds the plain view (pseudo-labels and scoring) and, on fir
 weak views (labelled batches: few images, drawn in every step) or ``views`` strong views (the unlabelled
 consistency term). Each image's views
 are drawn from a generator seeded by the image's content and the trainer's seed, so they do not depend
-on the order images are first seen in: a resumed run draws the same views. Which view a step uses comes
+on the order images are first seen in: a resumed run draws the same views (its outputs equal to float
+rounding: the trunk may batch them differently). The cache keeps float32 outputs up to ``MAX_BYTES``
+(6 GiB); past that, outputs are computed each time they are needed. Which view a step uses comes
 from the trainer's own (checkpointed) generator. Images are keyed by a hash of their pixels, so callers
 pass the same uint8 arrays as to the uncached trainer."""
 
@@ -26,14 +28,17 @@ from training.augment import AugmentConfig, strong_augment, weak_augment
 KINDS = ("clean", "weak", "strong")
 #: Labelled images (few, and drawn in every batch) get this many times ``views`` weak views.
 WEAK_VIEW_FACTOR = 4
+#: Above this many bytes of cached outputs, further images' outputs are computed when needed and not kept.
+MAX_BYTES = 6 * 2**30
 
 
 def trunk_forward(model: nn.Module, x: torch.Tensor, blocks: int) -> torch.Tensor:
-    """uint8 pixels (N, 3, H, W) -> the output of the stem and the first ``blocks`` blocks."""
-    b = model.backbone
-    h = b.bn1(b.conv_stem(model.normalize(x)))
-    for block in list(b.blocks)[:blocks]:
-        h = block(h)
+    """uint8 pixels (N, 3, H, W) -> the output of the modules ``fixmatch.freeze_blocks`` = ``blocks`` freezes."""
+    from training.trainer import frozen_modules
+
+    h = model.normalize(x)
+    for module in frozen_modules(model, blocks):
+        h = module(h)
     return h
 
 
@@ -68,6 +73,7 @@ class TrunkCache:
         device: torch.device,
         memory_format: torch.memory_format = torch.channels_last,
         batch_size: int = 64,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         if blocks < 1:
             raise ValueError("fixmatch.cached_views needs fixmatch.freeze_blocks >= 1 (a frozen trunk to cache)")
@@ -75,7 +81,8 @@ class TrunkCache:
             raise ValueError(f"the trunk cache needs at least 1 view per kind, got {views}")
         self.model, self.blocks, self.views, self.seed = model, blocks, views, seed
         self.augment, self.device, self.memory_format, self.batch_size = augment, device, memory_format, batch_size
-        self.store: dict[str, dict[bytes, torch.Tensor]] = {kind: {} for kind in KINDS}
+        self.max_bytes = max_bytes
+        self.reset(seed)
 
     def n_views(self, kind: str) -> int:
         return {"clean": 1, "weak": self.views * WEAK_VIEW_FACTOR, "strong": self.views}[kind]
@@ -83,13 +90,11 @@ class TrunkCache:
     def reset(self, seed: int) -> None:
         """Forget every cached output; later views are drawn with ``seed``."""
         self.seed = seed
-        self.store = {kind: {} for kind in KINDS}
+        self.store: dict[str, dict[bytes, torch.Tensor]] = {kind: {} for kind in KINDS}
+        self.nbytes = 0  # of the tensors in ``store``
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.store.values())
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for s in self.store.values() for t in s.values())
 
     def _view_generator(self, key: bytes, kind: str) -> torch.Generator:
         salt = KINDS.index(kind)
@@ -103,56 +108,72 @@ class TrunkCache:
             out.append(trunk_forward(self.model, batch, self.blocks).float().cpu())
         return torch.cat(out)
 
-    def _fill(self, images: np.ndarray, keys: list[bytes], kind: str) -> None:
+    def _fill(self, images: np.ndarray, keys: list[bytes], kind: str) -> dict[bytes, torch.Tensor]:
+        """Computes the outputs of the images not in the store; keeps them there while under ``max_bytes``,
+        and returns those it could not keep."""
+        from training.trainer import to_nchw
+
         store = self.store[kind]
         todo: dict[bytes, int] = {}
         for i, key in enumerate(keys):
             if key not in store and key not in todo:
                 todo[key] = i
         if not todo:
-            return
+            return {}
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()  # the trunk's BatchNorm is frozen anyway
+        computed: dict[bytes, torch.Tensor] = {}
         try:
-            x = torch.from_numpy(np.ascontiguousarray(images[list(todo.values())])).permute(0, 3, 1, 2)
+            x = to_nchw(images[list(todo.values())])
             if kind == "clean":
-                for key, h in zip(todo, self._trunk(x)):
-                    store[key] = h.clone()
-                return
-            fn = weak_augment if kind == "weak" else strong_augment
-            n_views = self.n_views(kind)
-            chunk = max(1, self.batch_size // n_views)
-            keys_todo = list(todo)
-            for start in range(0, len(keys_todo), chunk):
-                ks = keys_todo[start : start + chunk]
-                views = torch.cat(
-                    [
-                        fn(
-                            x[j : j + 1].expand(n_views, -1, -1, -1).contiguous(),
-                            self._view_generator(k, kind),
-                            self.augment,
-                        )
-                        for j, k in enumerate(ks, start)
-                    ]
-                )
-                h = self._trunk(views)
-                for k, hv in zip(ks, h.view(len(ks), n_views, *h.shape[1:])):
-                    store[k] = hv.clone()
+                computed = dict(zip(todo, self._trunk(x)))
+            else:
+                fn = weak_augment if kind == "weak" else strong_augment
+                n_views = self.n_views(kind)
+                chunk = max(1, self.batch_size // n_views)
+                keys_todo = list(todo)
+                for start in range(0, len(keys_todo), chunk):
+                    ks = keys_todo[start : start + chunk]
+                    views = torch.cat(
+                        [
+                            fn(
+                                x[j : j + 1].expand(n_views, -1, -1, -1).contiguous(),
+                                self._view_generator(k, kind),
+                                self.augment,
+                            )
+                            for j, k in enumerate(ks, start)
+                        ]
+                    )
+                    h = self._trunk(views)
+                    computed.update(zip(ks, h.view(len(ks), n_views, *h.shape[1:])))
         finally:
             for m, mode in modes.items():
                 m.training = mode
+        unkept = {}
+        for key, h in computed.items():
+            h = h.clone()  # its own storage, not a view of the batch
+            size = h.numel() * h.element_size()
+            if self.nbytes + size <= self.max_bytes:
+                store[key] = h
+                self.nbytes += size
+            else:
+                unkept[key] = h
+        return unkept
 
-    def features(self, images: np.ndarray, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    def features(
+        self, images: np.ndarray, kind: str, generator: torch.Generator | None = None, keys: list[bytes] | None = None
+    ) -> torch.Tensor:
         """Trunk outputs (N, C, h, w) on the training device for uint8 NHWC ``images``: the plain view, or for
         "weak"/"strong" one of each image's cached views, chosen with ``generator``."""
         if kind not in KINDS:
             raise ValueError(f"unknown view kind {kind!r}; choose from {KINDS}")
-        keys = image_keys(images)
-        self._fill(images, keys, kind)
-        store = self.store[kind]
+        keys = image_keys(images) if keys is None else keys
+        unkept = self._fill(images, keys, kind)
+        found = [self.store[kind].get(k) for k in keys]
+        found = [h if h is not None else unkept[k] for h, k in zip(found, keys)]
         if kind == "clean":
-            out = torch.stack([store[k] for k in keys])
+            out = torch.stack(found)
         else:
             pick = torch.randint(self.n_views(kind), (len(keys),), generator=generator).tolist()
-            out = torch.stack([store[k][j] for k, j in zip(keys, pick)])
+            out = torch.stack([h[j] for h, j in zip(found, pick)])
         return out.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)

@@ -244,21 +244,32 @@ def test_pretrained_pull_keeps_the_backbone_near_its_start_and_leaves_the_head_f
         return backbone, head
 
     free, free_head = drift(0.0)
-    pulled, pulled_head = drift(20.0)
+    pulled, pulled_head = drift(2.0)
     assert pulled < 0.8 * free
     assert pulled_head > 0.0 and free_head > 0.0
+    trainer = _variant(pretrained_pull=2.0)
+    head = {id(p) for p in trainer.model.backbone.get_classifier().parameters()}
+    assert trainer.anchor and not any(id(p) in head for p, _ in trainer.anchor)
+    for group in trainer.optimizer.param_groups:  # the head keeps its decay toward zero; pulled ones have none
+        is_head = any(id(p) in head for p in group["params"])
+        if is_head and group["params"][0].ndim > 1:
+            assert group["weight_decay"] == CFG.weight_decay
+        if group["pull"]:
+            assert group["weight_decay"] == 0.0
     with pytest.raises(ValueError, match="pretrained_pull"):
         FixMatchConfig(pretrained_pull=-1.0)
 
 
-def test_weak_view_batchnorm_on_running_statistics_leaves_them_to_the_training_forward():
+@pytest.mark.parametrize("frozen", [{}, {"freeze_blocks": 2}, {"freeze_blocks": 2, "cached_views": 1}])
+def test_weak_view_batchnorm_on_running_statistics_leaves_them_to_the_training_forward(frozen):
     labelled, y, pool = _data()
     counts = {}
     for mode in ("batch", "running"):
-        trainer = _variant(weak_bn=mode)
+        trainer = _variant(weak_bn=mode, **frozen)
         trainer.train(labelled, y, pool, iterations=2)
         counts[mode] = int(trainer.model.backbone.bn2.num_batches_tracked)
-        assert trainer.model.training  # training mode restored after the weak forward
+        assert trainer.model.backbone.bn2.training  # training mode restored after the weak forward
+        assert not any(m.training for m in trainer.frozen)  # ...and the frozen blocks left in eval
     assert counts == {"batch": 4, "running": 2}  # two BatchNorm updates per step, or one
     with pytest.raises(ValueError, match="weak_bn"):
         FixMatchConfig(weak_bn="frozen")

@@ -65,9 +65,23 @@ def test_views_depend_on_the_image_and_seed_not_on_order():
         assert torch.equal(a.store["strong"][k], b.store["strong"][k])
         assert not torch.equal(a.store["strong"][k][0], a.store["strong"][k][1])  # two distinct views
         assert not torch.equal(a.store["strong"][k], other.store["strong"][k])  # another seed, other views
-    n = len(a)
+    before = dict(a.store["strong"])
     a.features(pool[:5], "strong", torch.Generator().manual_seed(0))
-    assert len(a) == n  # seen images are not recomputed
+    assert all(a.store["strong"][k] is before[k] for k in keys)  # seen images are not recomputed
+
+
+def test_past_its_byte_cap_the_cache_computes_without_keeping():
+    _, _, pool = _data()
+    torch.manual_seed(0)
+    model = create_model(SPEC, pretrained=False)
+    kept = TrunkCache(model, 3, 2, 0, AugmentConfig(), torch.device("cpu"))
+    capped = TrunkCache(model, 3, 2, 0, AugmentConfig(), torch.device("cpu"), max_bytes=0)
+    for kind in ("clean", "strong"):
+        a = kept.features(pool, kind, torch.Generator().manual_seed(1))
+        b = capped.features(pool, kind, torch.Generator().manual_seed(1))
+        assert torch.allclose(a, b, atol=1e-6)  # the same views, recomputed from the image's own seed
+    assert len(capped) == 0 and capped.nbytes == 0
+    assert kept.nbytes == sum(t.numel() * 4 for s in kept.store.values() for t in s.values()) > 0
 
 
 def test_cached_scoring_equals_the_whole_ema_model_and_the_trunk_stays_frozen():
@@ -86,6 +100,12 @@ def test_cached_scoring_equals_the_whole_ema_model_and_the_trunk_stays_frozen():
     assert np.abs(cached - whole).max() <= 1e-5
     assert np.abs(cached - onnx).max() <= 1e-4
     assert all(k in trainer.cache.store["clean"] for k in image_keys(pool))
+    assert not any(m.training for m in trainer.frozen) and trainer.model.training  # modes kept by the fills
+    ema = trainer.ema.module.state_dict()
+    for name, value in trainer.model.state_dict().items():
+        if name in trainer.ema.exact:  # the frozen trunk: bit-exact in the EMA, so cached outputs stay its own
+            assert torch.equal(ema[name], value), name
+    assert any("blocks.2" in n for n in trainer.ema.exact) and not any("blocks.4" in n for n in trainer.ema.exact)
 
 
 def test_cached_training_learns_a_separable_anomaly():
