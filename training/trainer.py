@@ -203,60 +203,25 @@ class FixMatchTrainer:
         if self.stream is None or self.stream.n != len(unlabelled):
             self.stream = UnlabelledStream(len(unlabelled), self.generator)
         lb_idx = labelled_batch(y, cfg.batch_size, self.generator, cfg.oversample)
-        if self.cache is not None:
-            return self._cached_step(labelled, y, unlabelled, lb_idx)
-        x_lb = weak_augment(self._upload(labelled[lb_idx]), self.generator, self.augment)
+        x_lb = self._labelled_view(labelled[lb_idx])
         y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64).to(self.device, non_blocking=True)
         n_u = cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0
         u_idx = self.stream.next(n_u)
         self._train_mode()
         logits_uw = None
         if len(u_idx):
-            x_u = self._upload(unlabelled[u_idx])
-            x_uw = weak_augment(x_u, self.generator, self.augment)
-            x_us = strong_augment(x_u, self.generator, self.augment)
+            x_uw, x_us = self._unlabelled_views(unlabelled[u_idx])
             # The weak view only yields (detached) pseudo-labels, so it needs no backward pass: a
             # separate no-grad forward (BatchNorm still in training mode) saves about a third of a step.
             with torch.no_grad(), self._autocast(), self._weak_bn():
-                logits_uw = self.model(self._to_device(x_uw)).float()
+                logits_uw = self._forward(x_uw).float()
             x = torch.cat([x_lb, x_us])
         else:
             x = x_lb
         with self._autocast():
-            logits = self.model(self._to_device(x))
-        return self._update(logits, logits_uw, y_lb)
-
-    def _cached_step(
-        self, labelled: np.ndarray, y: np.ndarray, unlabelled: np.ndarray, lb_idx: np.ndarray
-    ) -> StepStats:
-        """``step`` on the trunk cache: the same draws, the tail of the network run on cached trunk outputs."""
-        from training.trunk_cache import image_keys, tail_forward
-
-        cfg = self.cfg
-        blocks = cfg.freeze_blocks
-        h = self.cache.features(labelled[lb_idx], "weak", self.generator)
-        y_lb = torch.as_tensor(np.asarray(y)[lb_idx], dtype=torch.int64).to(self.device, non_blocking=True)
-        u_idx = self.stream.next(cfg.batch_size * cfg.uratio if cfg.lambda_u > 0 else 0)
-        h_uw = None
-        if len(u_idx):  # pseudo-labels from the plain view; the consistency target is a strong view
-            x_u = unlabelled[u_idx]
-            keys = image_keys(x_u)
-            h_uw = self.cache.features(x_u, "clean", keys=keys)
-            h = torch.cat([h, self.cache.features(x_u, "strong", self.generator, keys=keys)])
-        self._train_mode()
-        logits_uw = None
-        if h_uw is not None:
-            with torch.no_grad(), self._autocast(), self._weak_bn():
-                logits_uw = tail_forward(self.model, h_uw, blocks).float()
-        with self._autocast():
-            logits = tail_forward(self.model, h, blocks)
-        return self._update(logits, logits_uw, y_lb)
-
-    def _update(self, logits: torch.Tensor, logits_uw: torch.Tensor | None, y_lb: torch.Tensor) -> StepStats:
-        """The FixMatch loss of a step's logits (labelled first, then the strong views), one optimiser step."""
-        cfg = self.cfg
+            logits = self._forward(x)
         logits = logits.float()  # the loss in float32 whatever the forward's precision
-        n_lb = len(y_lb)
+        n_lb = len(lb_idx)
         logits_lb, logits_us = logits[:n_lb], logits[n_lb:]
         if logits_uw is None:
             logits_uw = logits_us
@@ -275,6 +240,31 @@ class FixMatchTrainer:
             [parts.total.detach(), parts.supervised, parts.unsupervised, parts.mask_rate, parts.pseudo_anomaly_rate]
         ).float()
         return StepStats(self.iteration, values, self.optimizer.param_groups[-1]["lr"])  # lr: the head's
+
+    # A step's inputs: augmented pixels, or with the trunk cache the frozen trunk's outputs for cached views
+    # (pseudo-labels from the plain view), which ``_forward`` then runs through the rest of the network.
+    def _labelled_view(self, images: np.ndarray) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache.features(images, "weak", self.generator)
+        return weak_augment(self._upload(images), self.generator, self.augment)
+
+    def _unlabelled_views(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weak, strong) views of a batch of unlabelled images."""
+        if self.cache is not None:
+            from training.trunk_cache import image_keys
+
+            keys = image_keys(images)
+            clean = self.cache.features(images, "clean", keys=keys)
+            return clean, self.cache.features(images, "strong", self.generator, keys=keys)
+        x_u = self._upload(images)
+        return weak_augment(x_u, self.generator, self.augment), strong_augment(x_u, self.generator, self.augment)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            from training.trunk_cache import tail_forward
+
+            return tail_forward(self.model, x, self.cfg.freeze_blocks)
+        return self.model(self._to_device(x))
 
     def train(
         self,
@@ -411,35 +401,11 @@ class FixMatchTrainer:
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"unknown scoring backend {backend!r}; choose auto, onnx or torch")
         if self.cache is not None and backend == "auto":
-            return self._cached_score(images, batch_size or 256, use_ema)
+            return self.cache.score(self.ema.module if use_ema else self.model, images, batch_size or 256)
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
             return self.onnx_scorer(use_ema).score(images, batch_size)
         model = self.ema.module if use_ema else self.model
         return score_images(model, images, batch_size or 256, self.device, self.memory_format, progress)
-
-    @torch.inference_mode()
-    def _cached_score(self, images: np.ndarray, batch_size: int, use_ema: bool) -> np.ndarray:
-        """Anomaly probabilities from the cached plain-view trunk outputs and the (EMA) model's tail."""
-        from training.trunk_cache import tail_forward
-
-        model = self.ema.module if use_ema else self.model
-        was_training = model.training
-        model.eval()
-        try:
-            out = [
-                torch.softmax(
-                    tail_forward(
-                        model, self.cache.features(images[s : s + batch_size], "clean"), self.cfg.freeze_blocks
-                    ).float(),
-                    dim=1,
-                )[:, 1]
-                .cpu()
-                .numpy()
-                for s in range(0, len(images), batch_size)
-            ]
-        finally:
-            model.train(was_training)
-        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
     def embed(self, images: np.ndarray, batch_size: int = 0, use_ema: bool = True) -> np.ndarray:
         """Pooled features (N, D) of uint8 NHWC images: the ``embedding`` output of the exported model (ONNX

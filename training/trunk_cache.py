@@ -2,18 +2,17 @@
 the first k blocks keep their ImageNet weights and BatchNorm statistics, so their output for a given
 image (and augmented view of it) never changes during training. The cache computes that output once per
 image and view and trains only the tail (the remaining blocks, the head convolution and the classifier)
-on it. At 160-224 px, where the early high-resolution blocks cost most of a forward pass, a training
-step and pool scoring then cost a fraction of the uncached ones.
+on it. With most of the network frozen the saving is large (5 blocks at 160 px: a step about a quarter of
+the uncached one); with 3 frozen the tail dominates a step and little is saved (README, the study).
 
 Per image the cache holds the plain view (pseudo-labels and scoring) and, on first use, ``4 * views``
 weak views (labelled batches: few images, drawn in every step) or ``views`` strong views (the unlabelled
-consistency term). Each image's views
-are drawn from a generator seeded by the image's content and the trainer's seed, so they do not depend
-on the order images are first seen in: a resumed run draws the same views (its outputs equal to float
-rounding: the trunk may batch them differently). The cache keeps float32 outputs up to ``MAX_BYTES``
-(6 GiB); past that, outputs are computed each time they are needed. Which view a step uses comes
-from the trainer's own (checkpointed) generator. Images are keyed by a hash of their pixels, so callers
-pass the same uint8 arrays as to the uncached trainer."""
+consistency term). Each image's views are drawn from a generator seeded by the image's content and the
+trainer's seed, so they do not depend on the order images are first seen in: a resumed run draws the same
+views (its outputs equal to float rounding: the trunk may batch them differently). Which view a step uses
+comes from the trainer's own (checkpointed) generator. The cache keeps float32 outputs up to
+``MAX_BYTES`` (6 GiB); past that, outputs are computed each time they are needed. Images are keyed by a
+hash of their pixels, so callers pass the same uint8 arrays as to the uncached trainer."""
 
 from __future__ import annotations
 
@@ -111,7 +110,7 @@ class TrunkCache:
     def _fill(self, images: np.ndarray, keys: list[bytes], kind: str) -> dict[bytes, torch.Tensor]:
         """Computes the outputs of the images not in the store; keeps them there while under ``max_bytes``,
         and returns those it could not keep."""
-        from training.trainer import to_nchw
+        from training.trainer import frozen_modules, to_nchw
 
         store = self.store[kind]
         todo: dict[bytes, int] = {}
@@ -120,35 +119,31 @@ class TrunkCache:
                 todo[key] = i
         if not todo:
             return {}
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()  # the trunk's BatchNorm is frozen anyway
+        for module in frozen_modules(self.model, self.blocks):
+            module.eval()  # frozen: running BatchNorm statistics, as in training (the trainer keeps them so)
+        x = to_nchw(images[list(todo.values())])
         computed: dict[bytes, torch.Tensor] = {}
-        try:
-            x = to_nchw(images[list(todo.values())])
-            if kind == "clean":
-                computed = dict(zip(todo, self._trunk(x)))
-            else:
-                fn = weak_augment if kind == "weak" else strong_augment
-                n_views = self.n_views(kind)
-                chunk = max(1, self.batch_size // n_views)
-                keys_todo = list(todo)
-                for start in range(0, len(keys_todo), chunk):
-                    ks = keys_todo[start : start + chunk]
-                    views = torch.cat(
-                        [
-                            fn(
-                                x[j : j + 1].expand(n_views, -1, -1, -1).contiguous(),
-                                self._view_generator(k, kind),
-                                self.augment,
-                            )
-                            for j, k in enumerate(ks, start)
-                        ]
-                    )
-                    h = self._trunk(views)
-                    computed.update(zip(ks, h.view(len(ks), n_views, *h.shape[1:])))
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        if kind == "clean":
+            computed = dict(zip(todo, self._trunk(x)))
+        else:
+            fn = weak_augment if kind == "weak" else strong_augment
+            n_views = self.n_views(kind)
+            chunk = max(1, self.batch_size // n_views)
+            keys_todo = list(todo)
+            for start in range(0, len(keys_todo), chunk):
+                ks = keys_todo[start : start + chunk]
+                views = torch.cat(
+                    [
+                        fn(
+                            x[j : j + 1].expand(n_views, -1, -1, -1).contiguous(),
+                            self._view_generator(k, kind),
+                            self.augment,
+                        )
+                        for j, k in enumerate(ks, start)
+                    ]
+                )
+                h = self._trunk(views)
+                computed.update(zip(ks, h.view(len(ks), n_views, *h.shape[1:])))
         unkept = {}
         for key, h in computed.items():
             h = h.clone()  # its own storage, not a view of the batch
@@ -177,3 +172,20 @@ class TrunkCache:
             pick = torch.randint(self.n_views(kind), (len(keys),), generator=generator).tolist()
             out = torch.stack([h[j] for h, j in zip(found, pick)])
         return out.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def score(self, model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Anomaly probabilities of uint8 NHWC ``images`` from their plain views' cached trunk outputs and
+        ``model``'s tail (eval mode; its mode is restored after)."""
+        was_training = model.training
+        model.eval()
+        try:
+            out = [
+                torch.softmax(
+                    tail_forward(model, self.features(images[s : s + batch_size], "clean"), self.blocks).float(), 1
+                )
+                for s in range(0, len(images), batch_size)
+            ]
+        finally:
+            model.train(was_training)
+        return torch.cat(out)[:, 1].float().cpu().numpy() if out else np.empty(0, dtype=np.float32)

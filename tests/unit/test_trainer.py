@@ -32,13 +32,16 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_after_interrupted_cycle_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"freeze_blocks": 3, "cached_views": 2}], ids=["pixels", "trunk-cache"])
+def test_resume_after_interrupted_cycle_matches_uninterrupted(tmp_path, overrides):
+    """With the trunk cache the resumed trainer starts with an empty cache, refilled with the same views (their
+    seed comes from the checkpoint)."""
     labelled, y, pool = _data()
-    reference = _trainer()
+    reference = _variant(**overrides)
     reference.train(labelled, y, pool, iterations=4)
 
     ckpt = tmp_path / "ckpt.safetensors"
-    crashing = _trainer()
+    crashing = _variant(**overrides)
 
     def crash_after_third(stats):
         if stats.iteration == 3:
@@ -48,7 +51,7 @@ def test_resume_after_interrupted_cycle_matches_uninterrupted(tmp_path):
         crashing.train(
             labelled, y, pool, iterations=4, on_step=crash_after_third, checkpoint_path=ckpt, checkpoint_every=2
         )
-    resumed = _trainer(seed=123)  # different seed: everything must come from the checkpoint
+    resumed = _variant(seed=123, **overrides)  # different seed: everything must come from the checkpoint
     meta = resumed.load_checkpoint(ckpt)
     assert meta["iteration"] == "2" and resumed.iteration == 2
     resumed.train(labelled, y, pool, iterations=2)

@@ -1,6 +1,7 @@
 """The frozen-trunk cache (``fixmatch.cached_views``): the split network equals the whole one, views are a
 function of the image and the seed (not of the order images are met in), cached scoring equals the
-whole EMA model's, the frozen trunk never changes, and an interrupted cached run resumes exactly."""
+whole EMA model's, and the frozen trunk never changes (an interrupted cached run resuming exactly is in
+test_trainer.py, beside the uncached one)."""
 
 import dataclasses
 
@@ -121,32 +122,6 @@ def test_cached_training_learns_a_separable_anomaly():
     before = margin()
     trainer.train(labelled, y, pool, iterations=15)
     assert margin() > before + 0.2
-
-
-class _Crash(RuntimeError):
-    pass
-
-
-def test_an_interrupted_cached_run_resumes_exactly(tmp_path):
-    labelled, y, pool = _data()
-    reference = _trainer()
-    reference.train(labelled, y, pool, iterations=4)
-
-    def crash_after_third(stats):
-        if stats.iteration == 3:
-            raise _Crash
-
-    ckpt = tmp_path / "ckpt.safetensors"
-    crashing = _trainer()
-    with pytest.raises(_Crash):
-        crashing.train(
-            labelled, y, pool, iterations=4, on_step=crash_after_third, checkpoint_path=ckpt, checkpoint_every=2
-        )
-    resumed = _trainer(seed=123)  # empty cache; the views' seed comes from the checkpoint
-    resumed.load_checkpoint(ckpt)
-    resumed.train(labelled, y, pool, iterations=2)
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 
 
 def test_cached_views_need_a_frozen_trunk():
