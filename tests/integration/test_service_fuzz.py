@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import schemathesis
-import schemathesis.specs.openapi.schemas  # noqa: F401  (see below)
 from hypothesis import HealthCheck, given, settings
 
 from anomalymatch.campaign_images import setup_campaign
@@ -18,11 +17,6 @@ from serving.launch import start_service
 from tests.helpers.serving import shared_registry, write_pngs
 
 pytestmark = pytest.mark.slow
-
-# schemathesis is a pytest plugin, so pytest's assertion rewriter parses its modules on import. Imported
-# lazily inside the test, that parse ran while threads left by the Ray tests (Ray Data's usage reporter)
-# were importing too, and CPython 3.11.7's shared AST recursion counter failed the parse ("AST constructor
-# recursion depth mismatch", cpython#106905, fixed in 3.11.8). Imported here, it is parsed at collection.
 
 
 @pytest.fixture(scope="module")
