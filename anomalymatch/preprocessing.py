@@ -8,6 +8,11 @@ Multi-band data (``band_matrix``, ``band_stretch``): how N survey bands become t
 part of the spec too, so it travels into the ONNX metadata and serving combines bands exactly as training
 did (``anomalymatch.bands``). Both fields default to None and are then left out of ``to_dict``/``to_json``,
 so a spec without bands serialises (and hashes) exactly as it did before they existed.
+
+Test-time views (``views``): the model's score and embedding can be the average over the flips ("flips": 4
+views) or all 8 symmetries of the square ("d4": the flips and their transposes) of each input. That is part of
+the model (the exported graph computes every view), so it lives here and travels the same way; "plain" (one
+view, the default) is left out of ``to_dict`` like the band fields.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ def band_matrix_hint(bands: int) -> str:
     )
 
 
+#: How many views of each input the model averages, per ``PreprocessSpec.views``.
+VIEW_COUNTS = {"plain": 1, "flips": 4, "d4": 8}
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How a raw image becomes the model's uint8 input, and how the model normalises it.
@@ -63,6 +72,9 @@ class PreprocessSpec:
           takes a list of 3 lists; a string ``"r1,r2,...; g1,...; b1,..."`` works too (command lines).
     band_stretch: None (every band uses ``fits_stretch``), one stretch for every band, or one per band
           (N names); only with ``band_matrix``.
+    views: "plain", or the model's score and embedding averaged over each input's 4 flips ("flips") or all 8
+          symmetries of the square ("d4"), for data without a preferred orientation (sky images); costs
+          that many forward passes per image when scoring, none more when training.
     """
 
     size: int = 64
@@ -74,8 +86,11 @@ class PreprocessSpec:
     fits_stretch: FitsStretch = FitsStretch.ASINH
     band_matrix: tuple[tuple[float, ...], ...] | None = None
     band_stretch: tuple[FitsStretch, ...] | None = None
+    views: str = "plain"  # test-time views averaged by the model: "plain", "flips" (4) or "d4" (8)
 
     def __post_init__(self) -> None:
+        if self.views not in VIEW_COUNTS:
+            raise ValueError(f"PreprocessSpec.views must be one of {sorted(VIEW_COUNTS)}, got {self.views!r}")
         if not isinstance(self.size, int) or self.size < 8:
             raise ValueError(f"PreprocessSpec.size must be an integer >= 8, got {self.size!r}")
         if not 0.0 < float(self.crop) <= 1.0:
@@ -114,6 +129,8 @@ class PreprocessSpec:
         for key in ("band_matrix", "band_stretch"):
             if d[key] is None:
                 del d[key]  # a spec without bands serialises as it did before bands existed
+        if self.views == "plain":
+            del d["views"]  # likewise a spec with one view
         if self.band_matrix is not None:
             d["band_matrix"] = [list(row) for row in self.band_matrix]
         if self.band_stretch is not None:

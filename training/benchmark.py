@@ -184,7 +184,7 @@ class LoadedCase:
     images: np.ndarray  # uint8 NHWC at the protocol size
     is_anomaly: np.ndarray
     classes: dict[str, int]
-    embeddings: np.ndarray | None = None  # frozen pretrained embeddings, rows filled by frozen_embeddings
+    embeddings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # frozen_embeddings' rows, by views
 
 
 def load_case(case: BenchmarkCase, size: int, data_root: Path, workers: int = 0, progress: bool = False) -> LoadedCase:
@@ -209,20 +209,22 @@ def load_case(case: BenchmarkCase, size: int, data_root: Path, workers: int = 0,
 
 def frozen_embeddings(data: LoadedCase, model, indices: np.ndarray, device: str | None) -> np.ndarray:
     """Pooled embeddings of the pretrained network for ``indices`` of the case, (N_images, D) with rows
-    computed on demand and cached on ``data`` (they do not depend on the seed)."""
+    computed on demand and cached on ``data`` per test-time views (they do not depend on the seed)."""
     import torch
 
     from training.trainer import map_batches, select_device
 
-    if data.embeddings is None:
-        data.embeddings = np.full((len(data.images), model.backbone.num_features), np.nan, dtype=np.float32)
+    views = model.spec.views
+    if views not in data.embeddings:
+        data.embeddings[views] = np.full((len(data.images), model.backbone.num_features), np.nan, dtype=np.float32)
+    embeddings = data.embeddings[views]
     todo = np.unique(indices)
-    todo = todo[np.isnan(data.embeddings[todo, 0])]
+    todo = todo[np.isnan(embeddings[todo, 0])]
     if len(todo):
         dev = select_device(device)
         model = model.to(dev, memory_format=torch.channels_last).eval()
-        data.embeddings[todo] = map_batches(model.embed, data.images[todo], device=dev)
-    return data.embeddings
+        embeddings[todo] = map_batches(model.embed, data.images[todo], device=dev)
+    return embeddings
 
 
 def frozen_scores(

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="image size")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
     p.add_argument("--crop", type=float, help="centre-crop fraction before resizing")
+    p.add_argument("--views", choices=("plain", "flips", "d4"), help="test-time views the model averages")
     p.add_argument(
         "--band-matrix",
         help='N-band images: 3 rows (R; G; B) of N weights, e.g. "0,0,1; 0,1,0; 1,0,0" (preprocess.band_matrix)',
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "cycle.cycles": args.cycles,
             "preprocess.size": args.size,
             "preprocess.crop": args.crop,
+            "preprocess.views": args.views,
             "preprocess.band_matrix": args.band_matrix,
             "preprocess.band_stretch": [x.strip() for x in args.band_stretch.split(",")] if args.band_stretch else None,
             "cycle.pool_sample": args.pool_sample,

