@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anomalymatch.preprocessing import VIEW_COUNTS, PreprocessSpec
+from anomalymatch.preprocessing import PreprocessSpec
 from training.pretrained import TIMM_ARCH, load_imagenet_weights
 
 EMBED_DIM = 1280
@@ -59,11 +59,12 @@ class AnomalyNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features before the classifier, (N, 1280), averaged over the spec's test-time views
         (``spec.views``); use in eval mode."""
-        views = self.spec.views
-        x = test_time_views(x, views)
-        pooled = self.backbone.forward_head(self.backbone.forward_features(self.normalize(x)), pre_logits=True)
-        # view-major rows; the view count is a constant, so an exported graph keeps a dynamic batch
-        return pooled if views == "plain" else pooled.reshape(VIEW_COUNTS[views], -1, pooled.shape[1]).mean(0)
+        views = test_time_views(x, self.spec.views)
+        total = None
+        for view in views:  # one view at a time: peak memory of one pass (an exported graph runs them in turn)
+            pooled = self.backbone.forward_head(self.backbone.forward_features(self.normalize(view)), pre_logits=True)
+            total = pooled if total is None else total + pooled
+        return total if len(views) == 1 else total / len(views)
 
     def score_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for scoring: the classifier on ``embed`` (the view average; a linear head, so this is
@@ -77,18 +78,18 @@ class AnomalyNet(nn.Module):
         return torch.softmax(self.score_logits(x).float(), dim=1)[:, 1]
 
 
-def test_time_views(x: torch.Tensor, views: str) -> torch.Tensor:
-    """The views of an NCHW batch stacked view-major, (V*N, C, H, W): ``x`` itself for "plain"; its 4 flips
-    for "flips"; those and their transposes (all 8 symmetries of the square) for "d4"."""
+def test_time_views(x: torch.Tensor, views: str) -> list[torch.Tensor]:
+    """The views of an NCHW batch: ``[x]`` for "plain"; its 4 flips for "flips"; those and their transposes
+    (all 8 symmetries of the square) for "d4"."""
     if views == "plain":
-        return x
+        return [x]
     flips = [x, x.flip(3), x.flip(2), x.flip(2, 3)]
     if views == "d4":
         t = x.transpose(2, 3)
         flips += [t, t.flip(3), t.flip(2), t.flip(2, 3)]
     elif views != "flips":
         raise ValueError(f"unknown test-time views {views!r}; choose plain, flips or d4")
-    return torch.cat(flips)
+    return flips
 
 
 def create_model(
