@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default 20; also the retrain trigger retrain.min_labels)",
     )
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
+    p.add_argument(
+        "--views",
+        choices=("plain", "flips", "d4"),
+        default="d4",
+        help="test-time views the model averages (default d4: radio sources have no preferred orientation)",
+    )
     p.add_argument("--n-anomalies", type=int, default=5, help="labelled Bent examples at the start (default 5)")
     p.add_argument("--n-nominal", type=int, default=50, help="labelled other sources at the start (default 50)")
     p.add_argument("--seed", type=int, default=0)
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             "cycle.iterations": args.iterations,
             "cycle.seed": args.seed,
             "preprocess.size": args.size,
+            "preprocess.views": args.views,
             "cycle.top_candidates": 20,
             "fixmatch.ema_warmup": True,
             "retrain.min_labels": args.picks,
