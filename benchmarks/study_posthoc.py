@@ -94,6 +94,7 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
 
 def run(args: argparse.Namespace) -> None:
     import torch
+    from safetensors.torch import load_file
 
     from anomalymatch.metrics import compute_metrics
     from anomalymatch.preprocessing import PreprocessSpec
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = set()
     if out.is_file():
-        done = {(r["variant"], r["case"], r["seed"]) for r in map(json.loads, out.read_text().splitlines()) if r}
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        done = {(r["variant"], r["case"], r["seed"]) for r in rows}
     _, size, _ = VARIANTS[args.variant]
     for case_name in args.cases.split(","):
         case, data_root = study_case(case_name, args.data_dir)
@@ -120,8 +122,6 @@ def run(args: argparse.Namespace) -> None:
             state = load_state(workdir / STATE_FILE, data.ids)
             spec = PreprocessSpec(size=size, crop=case.crop)
             model = create_model(spec, pretrained=False)
-            from safetensors.torch import load_file
-
             tensors = load_file(str(workdir / CHECKPOINT_FILE))
             model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
             frozen = create_model(spec, pretrained=True)
