@@ -33,17 +33,6 @@ sys.path.insert(0, str(ROOT))
 SCORERS = ("prob", "margin", "flip4", "d4", "lp-frozen", "lp-trained", "fuse-frozen", "fuse-trained")
 
 
-def views(x, which: str):
-    """The flipped/transposed copies of an NCHW batch: 4 flips, or all 8 symmetries of the square."""
-    import torch
-
-    out = [x, x.flip(3), x.flip(2), x.flip(2, 3)]
-    if which == "d4":
-        t = x.transpose(2, 3)
-        out += [t, t.flip(3), t.flip(2), t.flip(2, 3)]
-    return [v.contiguous(memory_format=torch.channels_last) for v in out]
-
-
 def standardise(s: np.ndarray) -> np.ndarray:
     return (s - s.mean()) / max(float(s.std()), 1e-12)
 
@@ -53,6 +42,7 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
     import torch
 
     from anomalymatch.embedding_scores import linear_probe_scores
+    from training.model import test_time_views
     from training.trainer import to_nchw
 
     model.eval()
@@ -70,7 +60,8 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
             out["emb"].append(emb.numpy())
             out["frozen"].append(frozen.embed(x).numpy())
             if tta:
-                margins = [(lambda z: z[:, 1] - z[:, 0])(model(v)) for v in views(x, "d4")]
+                turned = [v.contiguous(memory_format=torch.channels_last) for v in test_time_views(x, "d4")]
+                margins = [(lambda z: z[:, 1] - z[:, 0])(model(v)) for v in turned]  # one view each: 4 flips first
                 out["flip4"].append(torch.stack(margins[:4]).mean(0).numpy())
                 out["d4"].append(torch.stack(margins).mean(0).numpy())
         return {k: np.concatenate(v) for k, v in out.items() if v}
@@ -94,6 +85,7 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
 
 def run(args: argparse.Namespace) -> None:
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from anomalymatch.metrics import compute_metrics
@@ -120,7 +112,8 @@ def run(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             data = data or load_case(case, size, data_root)
             state = load_state(workdir / STATE_FILE, data.ids)
-            spec = PreprocessSpec(size=size, crop=case.crop)
+            with safe_open(str(workdir / CHECKPOINT_FILE), framework="pt") as fh:
+                spec = PreprocessSpec.from_json(fh.metadata()["preprocess"])  # the run's own, views included
             model = create_model(spec, pretrained=False)
             tensors = load_file(str(workdir / CHECKPOINT_FILE))
             model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
