@@ -42,7 +42,7 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
     import torch
 
     from anomalymatch.embedding_scores import linear_probe_scores
-    from training.model import test_time_views
+    from training.model import symmetry_views
     from training.trainer import to_nchw
 
     model.eval()
@@ -60,7 +60,7 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
             out["emb"].append(emb.numpy())
             out["frozen"].append(frozen.embed(x).numpy())
             if tta:
-                turned = [v.contiguous(memory_format=torch.channels_last) for v in test_time_views(x, "d4")]
+                turned = [v.contiguous(memory_format=torch.channels_last) for v in symmetry_views(x, "d4")]
                 margins = [(lambda z: z[:, 1] - z[:, 0])(model(v)) for v in turned]  # one view each: 4 flips first
                 out["flip4"].append(torch.stack(margins[:4]).mean(0).numpy())
                 out["d4"].append(torch.stack(margins).mean(0).numpy())

@@ -59,7 +59,7 @@ class AnomalyNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features before the classifier, (N, 1280), averaged over the spec's test-time views
         (``spec.views``); use in eval mode."""
-        views = test_time_views(x, self.spec.views)
+        views = symmetry_views(x, self.spec.views)
         total = None
         for view in views:  # one view at a time: peak memory of one pass (an exported graph runs them in turn)
             pooled = self.backbone.forward_head(self.backbone.forward_features(self.normalize(view)), pre_logits=True)
@@ -78,7 +78,7 @@ class AnomalyNet(nn.Module):
         return torch.softmax(self.score_logits(x).float(), dim=1)[:, 1]
 
 
-def test_time_views(x: torch.Tensor, views: str) -> list[torch.Tensor]:
+def symmetry_views(x: torch.Tensor, views: str) -> list[torch.Tensor]:
     """The views of an NCHW batch: ``[x]`` for "plain"; its 4 flips for "flips"; those and their transposes
     (all 8 symmetries of the square) for "d4"."""
     if views == "plain":
