@@ -85,15 +85,31 @@ def study_case(name: str, data_dir: str):
     return BenchmarkCase(name, str(h5), str(classes), ("Bent",), n_anomalies=5, n_nominal=50), Path("/")
 
 
+def run_dir(data_dir: str, variant: str, case: str, seed: int) -> Path:
+    """Where a study run keeps its final checkpoint and campaign state (read by study_posthoc.py)."""
+    return Path(data_dir) / "study" / variant / f"{case}-{seed}"
+
+
+def read_records(paths: list[str | Path]) -> list[dict]:
+    """The records of these JSON-lines files (missing files: none)."""
+    return [
+        json.loads(line)
+        for path in map(Path, paths)
+        if path.is_file()
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def by_case_and_variant(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for r in read_records(paths):
+        rows.setdefault((r["case"], r["variant"]), []).append(r)
+    return rows
+
+
 def done_keys(path: Path) -> set[tuple[str, str, int]]:
-    if not path.is_file():
-        return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            keys.add((r["variant"], r["case"], r["seed"]))
-    return keys
+    return {(r["variant"], r["case"], r["seed"]) for r in read_records([path])}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -144,7 +160,7 @@ def run(args: argparse.Namespace) -> None:
                 )
                 t0 = time.process_time()
                 w0 = time.perf_counter()
-                workdir = Path(args.data_dir) / "study" / name / f"{case_name}-{seed}"  # kept for study_posthoc.py
+                workdir = run_dir(args.data_dir, name, case_name, seed)
                 record = run_method(method, data, seed, config, "cpu", tracker, workdir=workdir)
                 record.update(
                     variant=name,
@@ -166,12 +182,7 @@ def run(args: argparse.Namespace) -> None:
 def summary(paths: list[str]) -> None:
     import numpy as np
 
-    rows: dict[tuple[str, str], list[dict]] = {}
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows.setdefault((r["case"], r["variant"]), []).append(r)
+    rows = by_case_and_variant(paths)
     print("| case | variant | seeds | AUROC | AUPRC | precision@1% | CPU-min |")
     print("|---|---|---|---|---|---|---|")
 

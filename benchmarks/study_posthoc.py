@@ -86,37 +86,33 @@ def rescore(model, frozen, images: np.ndarray, labelled: np.ndarray, y: np.ndarr
 def run(args: argparse.Namespace) -> None:
     import torch
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from anomalymatch.metrics import compute_metrics
     from anomalymatch.preprocessing import PreprocessSpec
-    from benchmarks.study import VARIANTS, study_case
+    from benchmarks.study import VARIANTS, done_keys, run_dir, study_case
     from training.active_learning import CHECKPOINT_FILE, STATE_FILE, load_state
     from training.benchmark import load_case
     from training.model import create_model
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    done = set()
-    if out.is_file():
-        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-        done = {(r["variant"], r["case"], r["seed"]) for r in rows}
+    done = done_keys(out)
     _, size, _ = VARIANTS[args.variant]
     for case_name in args.cases.split(","):
         case, data_root = study_case(case_name, args.data_dir)
         data = None
         for seed in (int(s) for s in args.seeds.split(",")):
-            workdir = Path(args.data_dir) / "study" / args.variant / f"{case_name}-{seed}"
+            workdir = run_dir(args.data_dir, args.variant, case_name, seed)
             if (args.variant, case_name, seed) in done or not (workdir / CHECKPOINT_FILE).is_file():
                 continue
             t0 = time.perf_counter()
             data = data or load_case(case, size, data_root)
             state = load_state(workdir / STATE_FILE, data.ids)
-            with safe_open(str(workdir / CHECKPOINT_FILE), framework="pt") as fh:
+            with safe_open(str(workdir / CHECKPOINT_FILE), framework="pt") as fh:  # one read: spec and EMA weights
                 spec = PreprocessSpec.from_json(fh.metadata()["preprocess"])  # the run's own, views included
+                ema = {k[4:]: fh.get_tensor(k) for k in fh.keys() if k.startswith("ema.")}
             model = create_model(spec, pretrained=False)
-            tensors = load_file(str(workdir / CHECKPOINT_FILE))
-            model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            model.load_state_dict(ema)
             frozen = create_model(spec, pretrained=True)
             scores = rescore(model, frozen, data.images, state.labelled_idx, state.labelled_y, state.pool_idx, seed)
             truth = data.is_anomaly[state.pool_idx].astype(np.int64)
@@ -131,12 +127,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summary(paths: list[str]) -> None:
-    rows: dict[tuple[str, str], list[dict]] = {}
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows.setdefault((r["case"], r["variant"]), []).append(r)
+    from benchmarks.study import by_case_and_variant
+
+    rows = by_case_and_variant(paths)
     for key in ("auprc", "precision_at_1pct", "auroc"):
         print(f"\n{key} (mean over seeds)\n")
         print("| case | variant | seeds | " + " | ".join(SCORERS) + " |")

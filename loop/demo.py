@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from anomalymatch.labels import Label
+from anomalymatch.preprocessing import VIEW_COUNTS
 
 FIRST_CLASSES = {0: "FRI", 1: "FRII", 2: "Compact", 3: "Bent"}
 
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
     p.add_argument(
         "--views",
-        choices=("plain", "flips", "d4"),
+        choices=tuple(VIEW_COUNTS),
         default="d4",
         help="test-time views the model averages (default d4: radio sources have no preferred orientation)",
     )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from anomalymatch.config import PRESETS
+from anomalymatch.preprocessing import VIEW_COUNTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=float, help="centre-crop fraction applied before resizing")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--size", type=int, help="image size (default: the preset's, else 64)")
-    p.add_argument("--views", choices=("plain", "flips", "d4"), help="test-time views (default: preset, else plain)")
+    p.add_argument("--views", choices=tuple(VIEW_COUNTS), help="test-time views (default: preset, else plain)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
     p.add_argument("--iterations", type=int, default=100, help="FixMatch iterations per cycle (default 100)")
     p.add_argument("--cycles", type=int, default=3, help="active-learning cycles (default 3)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from anomalymatch.config import PRESETS
+from anomalymatch.preprocessing import VIEW_COUNTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="image size")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
     p.add_argument("--crop", type=float, help="centre-crop fraction before resizing")
-    p.add_argument("--views", choices=("plain", "flips", "d4"), help="test-time views the model averages")
+    p.add_argument("--views", choices=tuple(VIEW_COUNTS), help="test-time views the model averages")
     p.add_argument(
         "--band-matrix",
         help='N-band images: 3 rows (R; G; B) of N weights, e.g. "0,0,1; 0,1,0; 1,0,0" (preprocess.band_matrix)',
