@@ -72,6 +72,10 @@ class FixMatchConfig:
     #                               from (pretrained; a retrain's champion) with this coefficient, not toward 0 (L2-SP)
     weak_bn: str = "batch"  # the no-grad weak view's BatchNorm: "batch" statistics (training mode) or the
     #                         "running" ones (eval mode, as when scoring)
+    dist_align: str = "none"  # guards the pseudo-labels against drifting toward one class: the weak view's
+    #                           probabilities are reweighted before the threshold so their running mean on the
+    #                           unlabelled images matches the labelled set's anomaly share ("labelled"), or
+    #                           becomes the posterior under the pool's anomaly share estimated by EM ("estimated")
     cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for
     #                        its plain view and this many weak and strong views, and only the rest is run
     #                        per step (training/trunk_cache.py); what makes 160-224 px affordable on a CPU
@@ -89,6 +93,7 @@ class FixMatchConfig:
             ("lr_schedule", ("constant", "cosine")),
             ("head_refit", ("none", "blend")),
             ("weak_bn", ("batch", "running")),
+            ("dist_align", ("none", "labelled", "estimated")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")

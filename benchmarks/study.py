@@ -49,6 +49,18 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "paper-96-freeze3": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3}),
     "balanced": ("fixmatch", 96, {"preset": "balanced"}),
     "balanced-d4": ("fixmatch", 96, {"preset": "balanced", "preprocess.views": "d4"}),
+    "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
+    "balanced-da": ("fixmatch", 96, {"preset": "balanced", "fixmatch.dist_align": "labelled"}),
+    "balanced-d4-em": (
+        "fixmatch",
+        96,
+        {"preset": "balanced", "preprocess.views": "d4", "fixmatch.dist_align": "estimated"},
+    ),
+    "balanced-d4-da": (
+        "fixmatch",
+        96,
+        {"preset": "balanced", "preprocess.views": "d4", "fixmatch.dist_align": "labelled"},
+    ),
     "paper-128-freeze3": ("fixmatch", 128, {"fixmatch.freeze_blocks": 3}),
     "lp-head-cosine": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.lr_schedule": "cosine"}),
     "lp-head-bnfrozen": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.bn": "frozen"}),
