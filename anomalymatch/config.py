@@ -76,6 +76,8 @@ class FixMatchConfig:
     #                           probabilities are reweighted before the threshold so their running mean on the
     #                           unlabelled images matches the labelled set's anomaly share ("labelled"), or
     #                           becomes the posterior under the pool's anomaly share estimated by EM ("estimated")
+    pseudo_labels: str = "both"  # "nominal": the unlabelled term keeps only confident "nominal" pseudo-labels, so
+    #                             anomalies are learnt from labelled examples alone and cannot drift in
     cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for
     #                        its plain view and this many weak and strong views, and only the rest is run
     #                        per step (training/trunk_cache.py); what makes 160-224 px affordable on a CPU
@@ -94,6 +96,7 @@ class FixMatchConfig:
             ("head_refit", ("none", "blend")),
             ("weak_bn", ("batch", "running")),
             ("dist_align", ("none", "labelled", "estimated")),
+            ("pseudo_labels", ("both", "nominal")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")

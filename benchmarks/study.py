@@ -49,6 +49,12 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "paper-96-freeze3": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3}),
     "balanced": ("fixmatch", 96, {"preset": "balanced"}),
     "balanced-d4": ("fixmatch", 96, {"preset": "balanced", "preprocess.views": "d4"}),
+    "balanced-nominal": ("fixmatch", 96, {"preset": "balanced", "fixmatch.pseudo_labels": "nominal"}),
+    "balanced-d4-nominal": (
+        "fixmatch",
+        96,
+        {"preset": "balanced", "preprocess.views": "d4", "fixmatch.pseudo_labels": "nominal"},
+    ),
     "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
     "balanced-da": ("fixmatch", 96, {"preset": "balanced", "fixmatch.dist_align": "labelled"}),
     "balanced-d4-em": (

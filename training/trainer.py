@@ -230,7 +230,9 @@ class FixMatchTrainer:
         if logits_uw is None:
             logits_uw = logits_us
         align = self._alignment(logits_uw, y) if cfg.dist_align != "none" and len(u_idx) else None
-        parts = fixmatch_loss(logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u, align)
+        parts = fixmatch_loss(
+            logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u, align, cfg.pseudo_labels == "nominal"
+        )
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         if self.anchor:
