@@ -72,10 +72,6 @@ class FixMatchConfig:
     #                               from (pretrained; a retrain's champion) with this coefficient, not toward 0 (L2-SP)
     weak_bn: str = "batch"  # the no-grad weak view's BatchNorm: "batch" statistics (training mode) or the
     #                         "running" ones (eval mode, as when scoring)
-    dist_align: str = "none"  # guards the pseudo-labels against drifting toward one class: the weak view's
-    #                           probabilities are reweighted before the threshold so their running mean on the
-    #                           unlabelled images matches the labelled set's anomaly share ("labelled"), or
-    #                           becomes the posterior under the pool's anomaly share estimated by EM ("estimated")
     pseudo_labels: str = "both"  # "nominal": the unlabelled term keeps only confident "nominal" pseudo-labels, so
     #                             anomalies are learnt from labelled examples alone and cannot drift in
     cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for
@@ -95,7 +91,6 @@ class FixMatchConfig:
             ("lr_schedule", ("constant", "cosine")),
             ("head_refit", ("none", "blend")),
             ("weak_bn", ("batch", "running")),
-            ("dist_align", ("none", "labelled", "estimated")),
             ("pseudo_labels", ("both", "nominal")),
         ):
             if getattr(self, key) not in allowed:

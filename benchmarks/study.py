@@ -56,17 +56,6 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
         {"preset": "balanced", "preprocess.views": "d4", "fixmatch.pseudo_labels": "nominal"},
     ),
     "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
-    "balanced-da": ("fixmatch", 96, {"preset": "balanced", "fixmatch.dist_align": "labelled"}),
-    "balanced-d4-em": (
-        "fixmatch",
-        96,
-        {"preset": "balanced", "preprocess.views": "d4", "fixmatch.dist_align": "estimated"},
-    ),
-    "balanced-d4-da": (
-        "fixmatch",
-        96,
-        {"preset": "balanced", "preprocess.views": "d4", "fixmatch.dist_align": "labelled"},
-    ),
     "paper-128-freeze3": ("fixmatch", 128, {"fixmatch.freeze_blocks": 3}),
     "lp-head-cosine": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.lr_schedule": "cosine"}),
     "lp-head-bnfrozen": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.bn": "frozen"}),

@@ -26,14 +26,11 @@ def fixmatch_loss(
     logits_strong: torch.Tensor,
     threshold: float,
     lambda_u: float = 1.0,
-    align: torch.Tensor | None = None,
     nominal_only: bool = False,
 ) -> LossParts:
     """FixMatch loss. Pseudo-labels come from ``logits_weak`` without gradient; the unsupervised
     term is averaged over *all* unlabelled images (masked ones count as zero), as in FixMatch.
 
-    ``align`` (one factor per class) reweights the weak view's probabilities, renormalised, before the
-    threshold and the pseudo-label are taken (distribution alignment: ``distribution_alignment``).
     ``nominal_only`` keeps only the confident "nominal" pseudo-labels: anomalies are learnt from the labelled
     set alone (``pseudo_anomaly_rate`` still reports the share the model would have called anomalies)."""
     sup = F.cross_entropy(logits_lb, y)
@@ -42,9 +39,6 @@ def fixmatch_loss(
         return LossParts(sup, sup.detach(), zero, zero, zero)
     with torch.no_grad():
         probs = torch.softmax(logits_weak.detach().float(), dim=1)
-        if align is not None:
-            probs = probs * align
-            probs = probs / probs.sum(dim=1, keepdim=True)
         confidence, pseudo = probs.max(dim=1)
         mask = (confidence >= threshold).float()
         confident = mask.sum()
@@ -53,11 +47,3 @@ def fixmatch_loss(
             mask = mask * (pseudo == 0).float()
     unsup = (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean()
     return LossParts(sup + lambda_u * unsup, sup.detach(), unsup.detach(), mask.mean(), anomaly_rate)
-
-
-def distribution_alignment(running_mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-class factors that move the model's mean prediction on the unlabelled images (``running_mean``)
-    to ``target`` (ReMixMatch's distribution alignment): multiplying each image's class probabilities by
-    them, then renormalising, makes confident pseudo-labels of a class that the model over-predicts rarer.
-    Guards against FixMatch's confirmation bias, where its own pseudo-labels drift it toward one class."""
-    return target / running_mean.clamp(min=1e-6)

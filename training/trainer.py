@@ -25,12 +25,11 @@ from torch import nn
 from anomalymatch.config import FixMatchConfig
 from training.augment import AugmentConfig, strong_augment, weak_augment
 from training.ema import ModelEMA
-from training.losses import distribution_alignment, fixmatch_loss
+from training.losses import fixmatch_loss
 from training.model import AnomalyNet
 from training.sampler import UnlabelledStream, labelled_batch
 
 CHECKPOINT_FORMAT = "anomalymatch-checkpoint-1"  # optimiser momentum keyed by parameter name
-ALIGN_DECAY = 0.99  # the running mean of the weak view's class probabilities spans about 100 steps
 
 
 class StepStats:
@@ -180,8 +179,6 @@ class FixMatchTrainer:
                 self.model, cfg.freeze_blocks, cfg.cached_views, seed, self.augment, self.device, self.memory_format
             )
         self.iteration = 0
-        self.align_sum = torch.zeros(2, device=self.device)  # decayed sum of weak-view mean probabilities
-        self.align_weight = torch.zeros((), device=self.device)  # and of its weights (bias-corrected mean)
         self.stream: UnlabelledStream | None = None
         self._onnx_cache: tuple | None = None  # ((iteration, use_ema), OnnxScorer)
 
@@ -229,9 +226,8 @@ class FixMatchTrainer:
         logits_lb, logits_us = logits[:n_lb], logits[n_lb:]
         if logits_uw is None:
             logits_uw = logits_us
-        align = self._alignment(logits_uw, y) if cfg.dist_align != "none" and len(u_idx) else None
         parts = fixmatch_loss(
-            logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u, align, cfg.pseudo_labels == "nominal"
+            logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u, cfg.pseudo_labels == "nominal"
         )
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
@@ -247,33 +243,6 @@ class FixMatchTrainer:
             [parts.total.detach(), parts.supervised, parts.unsupervised, parts.mask_rate, parts.pseudo_anomaly_rate]
         ).float()
         return StepStats(self.iteration, values, self.optimizer.param_groups[-1]["lr"])  # lr: the head's
-
-    @torch.no_grad()
-    def _alignment(self, logits_uw: torch.Tensor, y: np.ndarray) -> torch.Tensor:
-        """Distribution-alignment factors, from running means over about the last 100 steps (this one included).
-
-        "labelled": the labelled set's class shares over the running mean of the weak view's class
-        probabilities on unlabelled images. "estimated": the unlabelled images' anomaly share estimated by
-        EM (Saerens et al. 2002) over the prior the supervised term trains toward (one half with
-        oversampling): the factors turn the probabilities into posteriors under that estimate, whose running
-        mean is the next estimate."""
-        share = float(np.mean(np.asarray(y) == 1))
-        probs = torch.softmax(logits_uw.detach().float(), dim=1)
-        if self.cfg.dist_align == "labelled":
-            self.align_sum.mul_(ALIGN_DECAY).add_(probs.mean(0))
-            self.align_weight.mul_(ALIGN_DECAY).add_(1.0)
-            target = torch.tensor([1.0 - share, share], device=self.device)
-            return distribution_alignment(self.align_sum / self.align_weight, target)
-        trained = 0.5 if self.cfg.oversample else share
-        trained_prior = torch.tensor([1.0 - trained, trained], device=self.device)
-        start = torch.tensor([1.0 - share, share], device=self.device)  # the first step's estimate
-        estimate = torch.where(self.align_weight > 0, self.align_sum / self.align_weight.clamp(min=1e-12), start)
-        factors = distribution_alignment(trained_prior, estimate)
-        posterior = probs * factors
-        posterior = posterior / posterior.sum(dim=1, keepdim=True)
-        self.align_sum.mul_(ALIGN_DECAY).add_(posterior.mean(0))
-        self.align_weight.mul_(ALIGN_DECAY).add_(1.0)
-        return factors
 
     # A step's inputs: augmented pixels, or with the trunk cache the frozen trunk's outputs for cached views
     # (pseudo-labels from the plain view), which ``_forward`` then runs through the rest of the network.
@@ -485,8 +454,6 @@ class FixMatchTrainer:
             if buf is not None:
                 tensors[f"optim.{name}.momentum_buffer"] = buf.detach().cpu().contiguous()
         tensors["rng.generator"] = self.generator.get_state()
-        tensors["align.sum"] = self.align_sum.detach().cpu()
-        tensors["align.weight"] = self.align_weight.detach().cpu().reshape(1)
         if self.stream is not None:
             for k, v in self.stream.state().items():
                 tensors[f"stream.{k}"] = v
@@ -520,9 +487,6 @@ class FixMatchTrainer:
             key = key if key in tensors else old_key  # checkpoints from before names: by position
             if key in tensors:
                 self.optimizer.state[p]["momentum_buffer"] = tensors[key].to(p.device)
-        if "align.sum" in tensors:  # checkpoints from before distribution alignment have none (zeros then)
-            self.align_sum = tensors["align.sum"].to(self.device)
-            self.align_weight = tensors["align.weight"].to(self.device).reshape(())
         self.stream = None
         if "stream.permutation" in tensors:
             self.stream = UnlabelledStream(len(tensors["stream.permutation"]), self.generator)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from training.ema import ModelEMA
-from training.losses import distribution_alignment, fixmatch_loss
+from training.losses import fixmatch_loss
 from training.sampler import UnlabelledStream, labelled_batch
 
 
@@ -39,24 +39,6 @@ def test_loss_threshold_one_disables_unsupervised_term_and_lambda_scales_it():
     half = fixmatch_loss(lb, y, weak, strong, threshold=0.0, lambda_u=0.5)
     assert all_.mask_rate.item() == 1.0
     assert (all_.total - half.total).item() == pytest.approx(0.5 * all_.unsupervised.item(), rel=1e-5)
-
-
-def test_distribution_alignment_makes_an_over_predicted_class_rarer_among_pseudo_labels():
-    # the model calls 6 of 10 unlabelled images anomalies with p ~0.97; the labelled share is 20%
-    logits_weak = torch.tensor([[0.0, 3.5]] * 6 + [[3.5, 0.0]] * 4)
-    strong = torch.zeros(10, 2)
-    lb, y = torch.zeros(2, 2), torch.tensor([0, 1])
-    plain = fixmatch_loss(lb, y, logits_weak, strong, threshold=0.95)
-    mean = torch.softmax(logits_weak, dim=1).mean(0)
-    align = distribution_alignment(mean, torch.tensor([0.8, 0.2]))
-    assert torch.allclose(align, torch.tensor([0.8, 0.2]) / mean)
-    aligned = fixmatch_loss(lb, y, logits_weak, strong, threshold=0.95, align=align)
-    assert plain.pseudo_anomaly_rate.item() == pytest.approx(0.6)
-    # the anomaly calls fall below the threshold (0.97 * 0.2/0.6 against 0.03 * 0.8/0.4): only nominal ones stay
-    assert aligned.mask_rate.item() == pytest.approx(0.4) and aligned.pseudo_anomaly_rate.item() == 0.0
-    # factors that match the model's own mean change nothing
-    same = fixmatch_loss(lb, y, logits_weak, strong, threshold=0.95, align=distribution_alignment(mean, mean))
-    assert same.mask_rate.item() == plain.mask_rate.item() and same.total.item() == pytest.approx(plain.total.item())
 
 
 def test_nominal_only_pseudo_labels_drop_the_confident_anomaly_calls():

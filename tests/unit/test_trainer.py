@@ -32,14 +32,10 @@ class _Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{}, {"freeze_blocks": 3, "cached_views": 2}, {"dist_align": "estimated", "threshold": 0.0}],
-    ids=["pixels", "trunk-cache", "dist-align"],
-)
+@pytest.mark.parametrize("overrides", [{}, {"freeze_blocks": 3, "cached_views": 2}], ids=["pixels", "trunk-cache"])
 def test_resume_after_interrupted_cycle_matches_uninterrupted(tmp_path, overrides):
     """With the trunk cache the resumed trainer starts with an empty cache, refilled with the same views (their
-    seed comes from the checkpoint); with distribution alignment the running mean comes from it."""
+    seed comes from the checkpoint)."""
     labelled, y, pool = _data()
     reference = _variant(**overrides)
     reference.train(labelled, y, pool, iterations=4)
@@ -63,9 +59,6 @@ def test_resume_after_interrupted_cycle_matches_uninterrupted(tmp_path, override
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     for a, b in zip(reference.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
-    assert torch.allclose(reference.align_sum, resumed.align_sum, atol=1e-6)
-    assert float(resumed.align_weight) == pytest.approx(float(reference.align_weight))
-    assert (float(resumed.align_weight) > 0) == ("dist_align" in overrides)
 
 
 def test_checkpoint_is_safetensors_not_pickle(tmp_path):
@@ -283,30 +276,3 @@ def test_weak_view_batchnorm_on_running_statistics_leaves_them_to_the_training_f
     assert counts == {"batch": 4, "running": 2}  # two BatchNorm updates per step, or one
     with pytest.raises(ValueError, match="weak_bn"):
         FixMatchConfig(weak_bn="frozen")
-
-
-def _logits_for(posteriors):
-    p = torch.tensor(posteriors)
-    return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
-
-
-def test_estimated_alignment_finds_the_pools_anomaly_share():
-    """A classifier calibrated under the balanced prior that oversampling trains toward: 26 of 100 pool images look
-    anomalous (posterior 0.9) and 74 do not (0.1), which is what a pool with 20% anomalies gives when each class
-    looks like itself 9 times in 10. Repeated steps reach EM's estimate, 20%, whatever the labelled share."""
-    trainer = _variant(dist_align="estimated")
-    logits = _logits_for([0.9] * 26 + [0.1] * 74)
-    y = np.array([1] * 5 + [0] * 5)  # the labelled share (50%) is only where the estimate starts
-    for _ in range(3000):
-        factors = trainer._alignment(logits, y)
-    assert float(trainer.align_sum[1] / trainer.align_weight) == pytest.approx(0.2, abs=0.01)
-    assert torch.allclose(factors, torch.tensor([0.8 / 0.5, 0.2 / 0.5]), atol=0.03)
-
-
-def test_labelled_alignment_moves_the_mean_prediction_to_the_labelled_share():
-    trainer = _variant(dist_align="labelled")
-    logits = _logits_for([0.9] * 60 + [0.1] * 40)  # mean anomaly probability 0.58
-    y = np.array([1] * 2 + [0] * 8)
-    for _ in range(5):
-        factors = trainer._alignment(logits, y)
-    assert torch.allclose(factors, torch.tensor([0.8 / 0.42, 0.2 / 0.58]), atol=1e-5)
