@@ -49,12 +49,6 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "paper-96-freeze3": ("fixmatch", 96, {"fixmatch.freeze_blocks": 3}),
     "balanced": ("fixmatch", 96, {"preset": "balanced"}),
     "balanced-d4": ("fixmatch", 96, {"preset": "balanced", "preprocess.views": "d4"}),
-    "balanced-nominal": ("fixmatch", 96, {"preset": "balanced", "fixmatch.pseudo_labels": "nominal"}),
-    "balanced-d4-nominal": (
-        "fixmatch",
-        96,
-        {"preset": "balanced", "preprocess.views": "d4", "fixmatch.pseudo_labels": "nominal"},
-    ),
     "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
     "paper-128-freeze3": ("fixmatch", 128, {"fixmatch.freeze_blocks": 3}),
     "lp-head-cosine": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.lr_schedule": "cosine"}),

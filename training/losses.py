@@ -26,13 +26,9 @@ def fixmatch_loss(
     logits_strong: torch.Tensor,
     threshold: float,
     lambda_u: float = 1.0,
-    nominal_only: bool = False,
 ) -> LossParts:
     """FixMatch loss. Pseudo-labels come from ``logits_weak`` without gradient; the unsupervised
-    term is averaged over *all* unlabelled images (masked ones count as zero), as in FixMatch.
-
-    ``nominal_only`` keeps only the confident "nominal" pseudo-labels: anomalies are learnt from the labelled
-    set alone (``pseudo_anomaly_rate`` still reports the share the model would have called anomalies)."""
+    term is averaged over *all* unlabelled images (masked ones count as zero), as in FixMatch."""
     sup = F.cross_entropy(logits_lb, y)
     if logits_weak.numel() == 0:
         zero = logits_lb.new_zeros(())
@@ -41,9 +37,7 @@ def fixmatch_loss(
         probs = torch.softmax(logits_weak.detach().float(), dim=1)
         confidence, pseudo = probs.max(dim=1)
         mask = (confidence >= threshold).float()
-        confident = mask.sum()
-        anomaly_rate = (mask * (pseudo == 1).float()).sum() / confident.clamp(min=1.0)
-        if nominal_only:
-            mask = mask * (pseudo == 0).float()
     unsup = (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean()
+    confident = mask.sum()
+    anomaly_rate = (mask * (pseudo == 1).float()).sum() / confident.clamp(min=1.0)
     return LossParts(sup + lambda_u * unsup, sup.detach(), unsup.detach(), mask.mean(), anomaly_rate)

@@ -226,9 +226,7 @@ class FixMatchTrainer:
         logits_lb, logits_us = logits[:n_lb], logits[n_lb:]
         if logits_uw is None:
             logits_uw = logits_us
-        parts = fixmatch_loss(
-            logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u, cfg.pseudo_labels == "nominal"
-        )
+        parts = fixmatch_loss(logits_lb, y_lb, logits_uw, logits_us, cfg.threshold, cfg.lambda_u)
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         if self.anchor:

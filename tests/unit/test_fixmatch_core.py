@@ -41,18 +41,6 @@ def test_loss_threshold_one_disables_unsupervised_term_and_lambda_scales_it():
     assert (all_.total - half.total).item() == pytest.approx(0.5 * all_.unsupervised.item(), rel=1e-5)
 
 
-def test_nominal_only_pseudo_labels_drop_the_confident_anomaly_calls():
-    logits_weak = torch.tensor([[0.0, 4.6], [4.6, 0.0], [0.0, 0.4]])  # anomaly, nominal, unsure
-    strong = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    lb, y = torch.zeros(2, 2), torch.tensor([0, 1])
-    both = fixmatch_loss(lb, y, logits_weak, strong, threshold=0.95)
-    nominal = fixmatch_loss(lb, y, logits_weak, strong, threshold=0.95, nominal_only=True)
-    assert both.mask_rate.item() == pytest.approx(2 / 3) and nominal.mask_rate.item() == pytest.approx(1 / 3)
-    expected = nn.functional.cross_entropy(strong[1:2], torch.tensor([0])).item() / 3  # the nominal call alone
-    assert nominal.unsupervised.item() == pytest.approx(expected, rel=1e-6)
-    assert nominal.pseudo_anomaly_rate.item() == both.pseudo_anomaly_rate.item() == pytest.approx(0.5)
-
-
 def test_loss_gradient_flows_only_through_strong_view():
     lb = torch.randn(2, 2, requires_grad=True)
     weak = torch.tensor([[0.0, 9.0]], requires_grad=True)
