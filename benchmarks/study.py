@@ -50,6 +50,10 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "balanced": ("fixmatch", 96, {"preset": "balanced"}),
     "balanced-d4": ("fixmatch", 96, {"preset": "balanced", "preprocess.views": "d4"}),
     "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
+    "balanced-cosine": ("fixmatch", 96, {"preset": "balanced", "fixmatch.lr_schedule": "cosine"}),
+    "balanced-supervised": ("supervised", 96, {"preset": "balanced"}),  # no unlabelled term
+    "balanced-supervised-300it": ("supervised", 96, {"preset": "balanced", "cycle.iterations": 300}),  # `fast`
+    "supervised-128-freeze3": ("supervised", 128, {"fixmatch.freeze_blocks": 3}),
     "paper-128-freeze3": ("fixmatch", 128, {"fixmatch.freeze_blocks": 3}),
     "lp-head-cosine": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.lr_schedule": "cosine"}),
     "lp-head-bnfrozen": ("fixmatch", 64, {"fixmatch.head_init": "linprobe", "fixmatch.bn": "frozen"}),
