@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="image size (default: the preset's, else 64)")
     p.add_argument("--views", choices=tuple(VIEW_COUNTS), help="test-time views (default: preset, else plain)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
-    p.add_argument("--iterations", type=int, default=100, help="FixMatch iterations per cycle (default 100)")
+    p.add_argument("--iterations", type=int, help="FixMatch iterations per cycle (default: the preset's, else 100)")
     p.add_argument("--cycles", type=int, default=3, help="active-learning cycles (default 3)")
     p.add_argument("--picks", type=int, default=10, help="oracle picks per class per cycle (default 10)")
     p.add_argument("--method", action="append", choices=METHODS, help="method(s) (repeatable; default fixmatch)")

@@ -109,5 +109,9 @@ def test_presets_sit_under_the_file_and_the_options(tmp_path):
     assert load_config(None, {"preset": "paper"}).to_dict() == {**load_config().to_dict(), "preset": "paper"}
     again = load_config(None, balanced.to_dict())  # a logged config reads back as itself
     assert again == balanced and again.config_hash() == balanced.config_hash()
-    with pytest.raises(ValueError, match="unknown preset 'quick'; known: \\['balanced', 'paper'\\]"):
+    fast = load_config(None, {"preset": "fast"})
+    assert (fast.preprocess.size, fast.fixmatch.freeze_blocks, fast.fixmatch.lambda_u) == (96, 3, 0.0)
+    assert fast.cycle.iterations == 300
+    assert fast.config_hash() != balanced.config_hash()  # another recipe, so another model version's spec
+    with pytest.raises(ValueError, match="unknown preset 'quick'; known: \\['balanced', 'fast', 'paper'\\]"):
         load_config(None, {"preset": "quick"})
