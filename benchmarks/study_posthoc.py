@@ -155,9 +155,8 @@ def run(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             data = data or load_case(case, size, data_root)
             state = load_state(workdir / STATE_FILE, data.ids)
-            with safe_open(
-                str(workdir / CHECKPOINT_FILE), framework="pt"
-            ) as fh:  # one read: spec, EMA and live weights
+            # one read: the spec, the EMA weights and the live weights
+            with safe_open(str(workdir / CHECKPOINT_FILE), framework="pt") as fh:
                 spec = PreprocessSpec.from_json(fh.metadata()["preprocess"])  # the run's own, views included
                 weights = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(("ema.", "model."))}
             model, raw = create_model(spec, pretrained=False), create_model(spec, pretrained=False)
