@@ -51,6 +51,7 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "balanced-d4": ("fixmatch", 96, {"preset": "balanced", "preprocess.views": "d4"}),
     "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
     "balanced-cosine": ("fixmatch", 96, {"preset": "balanced", "fixmatch.lr_schedule": "cosine"}),
+    "balanced-uratio2": ("fixmatch", 96, {"preset": "balanced", "fixmatch.uratio": 2}),
     "balanced-supervised": ("supervised", 96, {"preset": "balanced"}),  # no unlabelled term
     "balanced-supervised-300it": ("supervised", 96, {"preset": "balanced", "cycle.iterations": 300}),  # `fast`
     "supervised-128-freeze3": ("supervised", 128, {"fixmatch.freeze_blocks": 3}),
