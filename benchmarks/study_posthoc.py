@@ -50,6 +50,11 @@ SCORERS = (
 SMOOTH_K = 10
 
 
+def logit_margin(logits):  # type: ignore[no-untyped-def]
+    """Class 1's logit minus class 0's (a torch tensor or a NumPy array): the ranking without softmax saturation."""
+    return logits[:, 1] - logits[:, 0]
+
+
 def standardise(s: np.ndarray) -> np.ndarray:
     return (s - s.mean()) / max(float(s.std()), 1e-12)
 
@@ -102,16 +107,16 @@ def rescore(
             out["logits"].append(logits.numpy())
             out["emb"].append(emb.numpy())
             out["frozen"].append(frozen.embed(x).numpy())
-            out["raw"].append((lambda z: z[:, 1] - z[:, 0])(raw(x)).numpy())
+            out["raw"].append(logit_margin(raw(x)).numpy())
             if tta:
                 turned = [v.contiguous(memory_format=torch.channels_last) for v in symmetry_views(x, "d4")]
-                margins = [(lambda z: z[:, 1] - z[:, 0])(model(v)) for v in turned]  # one view each: 4 flips first
+                margins = [logit_margin(model(v)) for v in turned]  # one view each: 4 flips first
                 out["flip4"].append(torch.stack(margins[:4]).mean(0).numpy())
                 out["d4"].append(torch.stack(margins).mean(0).numpy())
         return {k: np.concatenate(v) for k, v in out.items() if v}
 
     lab, po = passes(labelled, tta=False), passes(pool, tta=views)
-    margin = po["logits"][:, 1] - po["logits"][:, 0]
+    margin = logit_margin(po["logits"])
     prob = torch.softmax(torch.from_numpy(po["logits"]), dim=1)[:, 1].numpy()
     lp_frozen = linear_probe_scores(lab["frozen"], y, po["frozen"], seed=seed)
     lp_trained = linear_probe_scores(lab["emb"], y, po["emb"], seed=seed)
