@@ -72,6 +72,8 @@ class FixMatchConfig:
     #                               from (pretrained; a retrain's champion) with this coefficient, not toward 0 (L2-SP)
     weak_bn: str = "batch"  # the no-grad weak view's BatchNorm: "batch" statistics (training mode) or the
     #                         "running" ones (eval mode, as when scoring)
+    teacher: str = "live"  # the network that runs the weak view and so gives the pseudo-labels: the "live" one
+    #                        being trained (FixMatch's), or its "ema" (a mean teacher: slower to follow drift)
     cached_views: int = 0  # > 0 (with freeze_blocks): the frozen blocks' output is computed once per image for
     #                        its plain view and this many weak and strong views, and only the rest is run
     #                        per step (training/trunk_cache.py); what makes 160-224 px affordable on a CPU
@@ -89,6 +91,7 @@ class FixMatchConfig:
             ("lr_schedule", ("constant", "cosine")),
             ("head_refit", ("none", "blend")),
             ("weak_bn", ("batch", "running")),
+            ("teacher", ("live", "ema")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fixmatch.{key} must be one of {allowed}, got {getattr(self, key)!r}")

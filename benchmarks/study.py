@@ -52,6 +52,7 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "balanced-200it": ("fixmatch", 96, {"preset": "balanced", "cycle.iterations": 200}),
     "balanced-cosine": ("fixmatch", 96, {"preset": "balanced", "fixmatch.lr_schedule": "cosine"}),
     "balanced-uratio2": ("fixmatch", 96, {"preset": "balanced", "fixmatch.uratio": 2}),
+    "balanced-emateacher": ("fixmatch", 96, {"preset": "balanced", "fixmatch.teacher": "ema"}),  # mean teacher
     "balanced-supervised": ("supervised", 96, {"preset": "balanced"}),  # no unlabelled term
     "balanced-supervised-300it": ("supervised", 96, {"preset": "balanced", "cycle.iterations": 300}),  # `fast`
     "supervised-128-freeze3": ("supervised", 128, {"fixmatch.freeze_blocks": 3}),

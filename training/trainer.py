@@ -214,8 +214,8 @@ class FixMatchTrainer:
             x_uw, x_us = self._unlabelled_views(unlabelled[u_idx])
             # The weak view only yields (detached) pseudo-labels, so it needs no backward pass: a
             # separate no-grad forward (BatchNorm still in training mode) saves about a third of a step.
-            with torch.no_grad(), self._autocast(), self._weak_bn():
-                logits_uw = self._forward(x_uw).float()
+            with torch.no_grad(), self._autocast(), self._weak_bn() as teacher:
+                logits_uw = self._forward(x_uw, teacher).float()
             x = torch.cat([x_lb, x_us])
         else:
             x = x_lb
@@ -260,12 +260,13 @@ class FixMatchTrainer:
         x_u = self._upload(images)
         return weak_augment(x_u, self.generator, self.augment), strong_augment(x_u, self.generator, self.augment)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        model = self.model if model is None else model
         if self.cache is not None:
             from training.trunk_cache import tail_forward
 
-            return tail_forward(self.model, x, self.cfg.freeze_blocks)
-        return self.model(self._to_device(x))
+            return tail_forward(model, x, self.cfg.freeze_blocks)
+        return model(self._to_device(x))
 
     def train(
         self,
@@ -311,27 +312,42 @@ class FixMatchTrainer:
             self.save_checkpoint(checkpoint_path)
         return history
 
-    def _train_mode(self) -> None:
-        self.model.train()
-        for module in self.frozen:
+    def _train_mode(self, model: nn.Module | None = None) -> None:
+        """Training mode for ``model`` (default: the one being trained), its frozen blocks in eval mode."""
+        model = self.model if model is None else model
+        model.train()
+        for module in frozen_modules(model, self.cfg.freeze_blocks) if model is not self.model else self.frozen:
             module.eval()
         if self.cfg.bn == "frozen":
-            for module in self.model.modules():
+            for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
     @contextlib.contextmanager
     def _weak_bn(self):  # type: ignore[no-untyped-def]
-        """With ``fixmatch.weak_bn`` "running", the weak view's forward runs in eval mode (BatchNorm on its
-        running statistics, which it then leaves unchanged; dropout off); training mode is restored after."""
-        if self.cfg.weak_bn != "running":
-            yield
-            return
-        self.model.eval()
+        """Yield the network that runs the weak view (``fixmatch.teacher``: the live one or its EMA), in the
+        mode ``fixmatch.weak_bn`` asks for: BatchNorm on the batch's statistics (training mode) or on its
+        running ones (eval mode, as when scoring; dropout off). The EMA teacher's running statistics stay
+        its averages either way; each network's own mode is restored after."""
+        teacher = self.ema.module if self.cfg.teacher == "ema" else self.model
+        norms: list[nn.Module] = []
+        if self.cfg.weak_bn == "running":
+            teacher.eval()
+        elif teacher is not self.model:
+            self._train_mode(teacher)
+            norms = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = 0.0  # batch statistics for the forward, running ones left as they are
         try:
-            yield
+            yield teacher
         finally:
-            self._train_mode()
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            if teacher is self.model:
+                self._train_mode()
+            else:
+                teacher.eval()
 
     def _set_lr(self, i: int, iterations: int) -> None:
         factor = math.cos(7 * math.pi * i / (16 * iterations)) if self.cfg.lr_schedule == "cosine" else 1.0
