@@ -382,6 +382,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+#: The recipe ``anomalymatch train`` and ``anomalymatch benchmark`` use when neither the command line nor the
+#: config file names one (README: the study). Other entry points (the retrain watcher, cold start, the demo)
+#: train with the config as given, the paper's recipe unless it names a preset.
+TRAIN_PRESET = "balanced"
+
 #: The config sections that define how a model is trained, and so ``AppConfig.config_hash``.
 RECIPE_SECTIONS = ("preprocess", "fixmatch", "cycle")
 
@@ -445,9 +450,12 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> AppConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None, default_preset: str = ""
+) -> AppConfig:
     """Defaults <- preset <- YAML file <- overrides (dotted keys such as ``"cycle.iterations"`` or nested
-    dicts). The preset is named by ``overrides["preset"]`` or the file's ``preset`` key.
+    dicts). The preset is named by ``overrides["preset"]`` or the file's ``preset`` key, else it is
+    ``default_preset`` ("" = none: the dataclass defaults, the paper's recipe).
 
     ``ANOMALYMATCH_HOME`` sets the default data folder.
     """
@@ -465,7 +473,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
             loaded = yaml.safe_load(fh) or {}
         if not isinstance(loaded, Mapping):
             raise ValueError(f"config file {p} must hold a mapping at the top level")
-    preset = (overrides or {}).get("preset") or loaded.get("preset") or ""
+    preset = (overrides or {}).get("preset") or loaded.get("preset") or default_preset
     if preset:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from anomalymatch.config import PRESETS
+from anomalymatch.config import PRESETS, TRAIN_PRESET
 from anomalymatch.preprocessing import VIEW_COUNTS
 
 
@@ -30,7 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--size", type=int, help="image size (default: the preset's, else 64)")
     p.add_argument("--views", choices=tuple(VIEW_COUNTS), help="test-time views (default: preset, else plain)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help=f"a named training recipe (default: the config file's, else {TRAIN_PRESET}; README: the study)",
+    )
     p.add_argument("--iterations", type=int, help="FixMatch iterations per cycle (default: the preset's, else 100)")
     p.add_argument("--cycles", type=int, default=3, help="active-learning cycles (default 3)")
     p.add_argument("--picks", type=int, default=10, help="oracle picks per class per cycle (default 10)")
@@ -87,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             "preprocess.views": args.views,
             "preset": args.preset,
         },
+        default_preset=TRAIN_PRESET,
     )
     size = config.preprocess.size
     data_root = args.data_root or default_data_root()

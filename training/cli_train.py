@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from anomalymatch.config import PRESETS
+from anomalymatch.config import PRESETS, TRAIN_PRESET
 from anomalymatch.preprocessing import VIEW_COUNTS
 
 
@@ -17,8 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config (sections preprocess, fixmatch, cycle, tracking)")
     p.add_argument("--iterations", type=int, help="FixMatch iterations per cycle")
     p.add_argument("--cycles", type=int, help="cycles to run")
-    p.add_argument("--size", type=int, help="image size")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named training recipe (README: the study)")
+    p.add_argument("--size", type=int, help="image size (default: the preset's, else 64)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help=f"a named training recipe (default: the config file's, else {TRAIN_PRESET}; README: the study)",
+    )
     p.add_argument("--crop", type=float, help="centre-crop fraction before resizing")
     p.add_argument("--views", choices=tuple(VIEW_COUNTS), help="test-time views the model averages")
     p.add_argument(
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             "cycle.seed": args.seed,
             "preset": args.preset,
         },
+        default_preset=TRAIN_PRESET,
     )
     progress = not args.quiet
     source = open_sources(args.images)

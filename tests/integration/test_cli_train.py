@@ -1,6 +1,7 @@
 """`anomalymatch train` end to end on a real folder of PNGs with a labels CSV, and its errors."""
 
 import csv
+import sqlite3
 
 import numpy as np
 import pytest
@@ -71,6 +72,9 @@ def test_train_writes_candidates_and_logs_to_mlflow(labelled_folder, tmp_path, c
     printed = capsys.readouterr().out
     assert "mlflow ui --backend-store-uri sqlite:///" in printed
     assert (tmp_path / "home" / "mlflow.db").is_file()
+    with sqlite3.connect(tmp_path / "home" / "mlflow.db") as db:  # no --preset: the balanced recipe was logged
+        logged = dict(db.execute("SELECT key, value FROM params WHERE key IN ('preset', 'fixmatch.freeze_blocks')"))
+    assert logged == {"preset": "balanced", "fixmatch.freeze_blocks": "3"}
     assert (tmp_path / "home" / "campaigns" / "campaign" / "state.json").is_file()
     # a finished campaign resumes to "nothing left to do"
     assert (

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from anomalymatch.config import AppConfig, load_config
+from anomalymatch.config import PRESETS, TRAIN_PRESET, AppConfig, load_config
 
 
 def test_defaults_are_the_papers(tmp_path, monkeypatch):
@@ -115,3 +115,16 @@ def test_presets_sit_under_the_file_and_the_options(tmp_path):
     assert fast.config_hash() != balanced.config_hash()  # another recipe, so another model version's spec
     with pytest.raises(ValueError, match="unknown preset 'quick'; known: \\['balanced', 'fast', 'paper'\\]"):
         load_config(None, {"preset": "quick"})
+
+
+def test_a_default_preset_applies_only_where_neither_the_options_nor_the_file_name_one(tmp_path):
+    assert TRAIN_PRESET in PRESETS
+    assert load_config(None, {}, default_preset="balanced") == load_config(None, {"preset": "balanced"})
+    assert load_config(None, {"preset": "paper"}, default_preset="balanced").preprocess.size == 64
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: fast\n")
+    assert load_config(path, default_preset="balanced").cycle.iterations == 300  # the file's preset
+    path.write_text("preprocess: {size: 80}\n")
+    chosen = load_config(path, default_preset="balanced")  # the file sits over the default preset
+    assert (chosen.preset, chosen.preprocess.size, chosen.fixmatch.freeze_blocks) == ("balanced", 80, 3)
+    assert load_config().preset == ""  # without one: the paper's recipe
