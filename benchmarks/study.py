@@ -53,6 +53,8 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "balanced-cosine": ("fixmatch", 96, {"preset": "balanced", "fixmatch.lr_schedule": "cosine"}),
     "balanced-uratio2": ("fixmatch", 96, {"preset": "balanced", "fixmatch.uratio": 2}),
     "balanced-emateacher": ("fixmatch", 96, {"preset": "balanced", "fixmatch.teacher": "ema"}),  # mean teacher
+    # an EMA whose horizon (about 20 steps) is a fifth of a 100-iteration cycle rather than all of it
+    "balanced-ema95": ("fixmatch", 96, {"preset": "balanced", "fixmatch.ema_decay": 0.95}),
     "balanced-supervised": ("supervised", 96, {"preset": "balanced"}),  # no unlabelled term
     "balanced-supervised-300it": ("supervised", 96, {"preset": "balanced", "cycle.iterations": 300}),  # `fast`
     "supervised-128-freeze3": ("supervised", 128, {"fixmatch.freeze_blocks": 3}),
